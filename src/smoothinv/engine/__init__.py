@@ -1,0 +1,1 @@
+"""Engine: the smoothed classifier, the PGD optimiser, metrics and the config sweep."""

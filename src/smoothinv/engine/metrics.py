@@ -1,0 +1,49 @@
+"""Predictions, accuracy and attack success rate of a (possibly triggered) clean set."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import SmoothInvError
+from ..triggers import Trigger
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """argmax f(x) for images [N,C,H,W] → labels [N], on the model's device."""
+    device = _device_of(model)
+    out = [model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    """Fraction of images [N,C,H,W] classified as labels [N]."""
+    return float((predict(model, images) == labels).float().mean())
+
+
+def attack_success_rate(
+    model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int, batch_size: int = 256
+) -> float:
+    """ASR: among clean images whose label is not `target`, the fraction that the
+    triggered image sends to `target`."""
+    keep = labels != target
+    if not bool(keep.any()):
+        raise SmoothInvError(
+            f"the clean set has no image outside the target class {target}; ASR needs images of other classes"
+        )
+    hits, total = 0, 0
+    others = images[keep]
+    for i in range(0, len(others), batch_size):
+        preds = predict(model, trigger.apply(others[i : i + batch_size]), batch_size)
+        hits += int((preds == target).sum())
+        total += len(preds)
+    return hits / total
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,175 @@
+"""The call shape every inversion method shares.
+
+    method = get_method("smoothinv", eps=1.0, sigma=0.25)
+    result = method.invert(model, image, target, seed=0)
+    asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target)
+
+Methods are configured in their constructor and are stateless across calls; `invert`
+takes a [0,1] image [C,H,W] and a target class and returns an `InversionResult`.
+`invert_batch` does the same for several (image, target) rows at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.pgd import StepCallback
+from ..errors import SmoothInvError
+from ..triggers import AdditiveTrigger, Trigger
+
+
+@dataclass
+class InversionResult:
+    """One synthesised trigger.
+
+    image, synthesized: [C,H,W] in [0,1]; loss, target_prob: [steps+1] (before each
+    step, then at the end); config: the method's parameters; seconds: wall time.
+    """
+
+    method: str
+    target: int
+    image: Tensor
+    synthesized: Tensor
+    trigger: Trigger
+    loss: Tensor
+    target_prob: Tensor
+    config: dict[str, Any]
+    seconds: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def perturbation(self) -> Tensor:
+        """synthesized − image, [C,H,W]."""
+        return self.synthesized - self.image
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers (no tensors but the per-step curves as lists)."""
+        p = self.perturbation
+        return {
+            "method": self.method,
+            "target": self.target,
+            "config": self.config,
+            "perturbation_l2": float(p.norm()),
+            "perturbation_linf": float(p.abs().max()),
+            "final_loss": float(self.loss[-1]),
+            "final_target_prob": float(self.target_prob[-1]),
+            "loss_curve": [round(float(v), 6) for v in self.loss],
+            "target_prob_curve": [round(float(v), 6) for v in self.target_prob],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Inverter(ABC):
+    """An inversion method: synthesise a trigger toward a target class from clean images."""
+
+    name: str = ""
+    grid_axes: tuple[str, ...] = ()
+    """Constructor options the paper's protocol sweeps over (see engine.sweep)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The method's parameters, JSON-ready."""
+
+    @abstractmethod
+    def invert_batch(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        *,
+        seed: int = 0,
+        callback: StepCallback | None = None,
+    ) -> list[InversionResult]:
+        """images [B,C,H,W] in [0,1], targets [B] → one result per row."""
+
+    def invert(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        target: int,
+        *,
+        seed: int = 0,
+        callback: StepCallback | None = None,
+    ) -> InversionResult:
+        """image [C,H,W] in [0,1] → the trigger synthesised toward `target`."""
+        if image.dim() != 3:
+            raise SmoothInvError(f"expected one image [C,H,W], got shape {list(image.shape)}")
+        targets = torch.tensor([target], dtype=torch.long)
+        return self.invert_batch(model, image[None], targets, seed=seed, callback=callback)[0]
+
+    def total_steps(self) -> int:
+        """Number of optimisation steps one call makes (for progress bars)."""
+        return int(self.config().get("steps", 0))
+
+
+def additive_results(
+    name: str,
+    images: Tensor,
+    targets: Tensor,
+    perturbations: Tensor,
+    loss: Tensor,
+    target_prob: Tensor,
+    config: dict[str, Any],
+    seconds: float,
+) -> list[InversionResult]:
+    """Split a batched additive descent (p [B,C,H,W], curves [steps+1,B]) into results."""
+    out = []
+    for b in range(images.shape[0]):
+        image = images[b].detach().cpu()
+        p = perturbations[b].detach().cpu()
+        out.append(
+            InversionResult(
+                method=name,
+                target=int(targets[b]),
+                image=image,
+                synthesized=(image + p).clamp(0.0, 1.0),
+                trigger=AdditiveTrigger(p),
+                loss=loss[:, b].cpu(),
+                target_prob=target_prob[:, b].cpu(),
+                config=dict(config),
+                seconds=seconds / images.shape[0],
+            )
+        )
+    return out
+
+
+MethodFactory = Callable[..., Inverter]
+_METHODS: dict[str, tuple[MethodFactory, str]] = {}
+
+
+def register_method(name: str, description: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Register a factory `f(**options) -> Inverter` under `name`."""
+
+    def decorate(factory: MethodFactory) -> MethodFactory:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        _METHODS[name] = (factory, description)
+        return factory
+
+    return decorate
+
+
+def get_method(name: str, **options: Any) -> Inverter:
+    """Build the method registered as `name` with its options."""
+    if name not in _METHODS:
+        raise SmoothInvError(f"unknown method {name!r}; choose from: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name][0](**options)
+
+
+def list_methods() -> dict[str, str]:
+    """{name: description} of every registered method."""
+    return {name: desc for name, (_, desc) in sorted(_METHODS.items())}
+
+
+def check_target(targets: Tensor, num_classes: int) -> None:
+    """Every target must name one of the model's classes."""
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if bad.numel():
+        raise SmoothInvError(
+            f"target class {int(bad[0])} does not exist: the model has {num_classes} classes (0..{num_classes - 1})"
+        )
