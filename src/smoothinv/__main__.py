@@ -1,0 +1,5 @@
+"""`python -m smoothinv` = the `smoothinv` command."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `smoothinv` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from rich.console import Console
+
+from .. import __version__
+from ..data import load_clean_set, load_image
+from ..engine.sweep import Grid, run_sweep, sweep_steps
+from ..errors import SmoothInvError
+from ..methods import list_methods
+from ..methods.base import check_target
+from ..models import list_models
+from ..reporting.inversion import inversion_record, write_inversion
+from ..reporting.outputs import atomic_directory, check_destination
+from .options import float_list, load_subject, model_options
+from .progress import step_progress
+from .tables import sweep_table
+
+err = Console(stderr=True)
+stdout = Console()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="smoothinv")
+def cli() -> None:
+    """Find, identify and picture a classifier's backdoor from one clean image (SmoothInv)."""
+
+
+@cli.command()
+@model_options
+@click.option("--image", required=True, type=click.Path(path_type=Path), help="The single clean image (PNG/JPEG).")
+@click.option("--target", required=True, help="Target class: an index, or a class name of the clean set's folders.")
+@click.option("--clean", required=True, type=click.Path(path_type=Path),
+              help="Held-out clean images for ASR: an ImageFolder directory or an .npz (x uint8 NxHxWxC, y).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (written atomically).")
+@click.option("--eps", help="Absolute l2 bounds, comma-separated (default: paper's 5,10 scaled to the input size).")
+@click.option("--sigma", help="Smoothing noise levels, comma-separated.  [default: 0.12,0.25,0.5,1.0]")
+@click.option("--noise-samples", default=10, show_default=True, help="Noise copies N per step (paper: 40).")
+@click.option("--steps", default=400, show_default=True, help="Descent steps per config.")
+@click.option("--seed", default=0, show_default=True, help="Seed for noise and clean-set subsampling.")
+@click.option("--method", default="pgd", show_default=True, type=click.Choice(sorted(list_methods())),
+              help="pgd: SmoothInv as in the paper; momentum: as in the authors' code; plainadv: no smoothing.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
+@click.option("--clean-limit", default=1000, show_default=True, help="Use at most this many clean images (seeded).")
+@click.option("--max-batch", default=256, show_default=True, help="Images per forward pass (lower it to save memory).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def invert(**opts: Any) -> None:
+    """Synthesise the backdoor trigger toward --target from one clean image."""
+    started = time.perf_counter()
+    check_destination(opts["out"], opts["overwrite"])
+    native = load_image(opts["image"], channels=3)
+    subject = load_subject(opts, fallback_size=tuple(native.shape[1:]))
+    size = subject.input_size or tuple(native.shape[1:])
+    image = load_image(opts["image"], size=size, channels=subject.channels)
+    clean = load_clean_set(opts["clean"], size=size, channels=subject.channels, limit=opts["clean_limit"], seed=opts["seed"])
+    clean.check_labels(subject.num_classes)
+    target = parse_target(opts["target"], clean.class_names)
+    check_target(torch.tensor([target]), subject.num_classes)
+    grid = Grid.for_shape(image.shape, float_list(opts["eps"], "--eps"), float_list(opts["sigma"], "--sigma"))
+    baseline = "plainadv" if opts["baseline"] and opts["method"] != "plainadv" else None
+    options = {"steps": opts["steps"], "noise_samples": opts["noise_samples"], "max_batch": opts["max_batch"]}
+    loaded_s = time.perf_counter() - started
+
+    err.print(f"model {subject.path.name}: {subject.loaded.format}, {subject.num_classes} classes, "
+              f"input {subject.channels}x{size[0]}x{size[1]}; clean set: {len(clean)} images; eps grid {list(grid.eps)}")
+    with step_progress(sweep_steps(opts["method"], baseline, grid, opts["steps"]), err) as hook:
+        sweep = run_sweep(subject.module, image, target, clean.images, clean.labels, grid, method=opts["method"],
+                          baseline=baseline, options=options, seed=opts["seed"], progress=hook)
+    total_s = time.perf_counter() - started
+    context = {
+        "smoothinv_version": __version__,
+        "command": "smoothinv " + " ".join(sys.argv[1:]),
+        "model": subject.describe(),
+        "image": {"path": str(opts["image"]), "shape": list(image.shape)},
+        "clean_set": {"path": str(opts["clean"]), "images": len(clean), "limit": opts["clean_limit"],
+                      "class_names": clean.class_names},
+        "target_name": None if not clean.class_names or target >= len(clean.class_names) else clean.class_names[target],
+        "seed": opts["seed"],
+        "settings": options,
+        "timings": {"load_s": round(loaded_s, 3), "inversion_s": round(sum(r.result.seconds for r in sweep.runs + sweep.baseline), 3),
+                    "evaluation_s": round(sum(r.eval_seconds for r in sweep.runs + sweep.baseline), 3),
+                    "total_s": round(total_s, 3)},
+    }
+    record = inversion_record(sweep, grid, target=target, context=context)
+    with atomic_directory(opts["out"], opts["overwrite"]) as tmp:
+        write_inversion(tmp, sweep, record)
+    stdout.print(sweep_table(sweep, f"target {target}: ASR of each synthesised perturbation on {len(clean)} clean images"))
+    for warning in record["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}")
+    stdout.print(f"best: {sweep.method} eps={sweep.best.result.config['eps']:g} sigma={sweep.best.result.config.get('sigma', 0):g} "
+              f"ASR {sweep.best.asr:.1%}; wrote {opts['out']}/ (result.json, overview.png, …) in {total_s:.1f}s")
+
+
+@cli.command()
+@click.option("--out", default="smoothinv-demo", show_default=True, type=click.Path(path_type=Path),
+              help="Where to write the demo's model, data and results.")
+@click.option("--seed", default=0, show_default=True)
+def demo(out: Path, seed: int) -> None:
+    """Plant a backdoor in a small digits classifier, then recover it from one clean image."""
+    from ..demo import run_demo
+
+    run_demo(out, seed=seed, console=stdout, progress_console=err)
+
+
+@cli.command("models")
+def models_command() -> None:
+    """List the architectures --arch accepts."""
+    for info in list_models():
+        stdout.print(f"{info.name:<16} {info.channels}x{info.input_size[0]}x{info.input_size[1]}  "
+                  f"{info.num_classes:>4} classes  {info.description}")
+
+
+@cli.command("methods")
+def methods_command() -> None:
+    """List the inversion methods --method accepts."""
+    for name, description in list_methods().items():
+        stdout.print(f"{name:<10} {description}")
+
+
+def parse_target(text: str, class_names: list[str] | None) -> int:
+    """An index, or a class name of the clean set."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if class_names and text in class_names:
+        return class_names.index(text)
+    known = f"; clean-set classes: {', '.join(class_names)}" if class_names else ""
+    raise SmoothInvError(f"--target {text!r} is not a class index or a known class name{known}")
+
+
+def main() -> None:
+    """Entry point: one-line errors and exit status 2 for anything the user can fix."""
+    try:
+        cli.main(standalone_mode=False)
+    except SmoothInvError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except torch.cuda.OutOfMemoryError:
+        err.print("[red]error:[/] out of GPU memory; lower --max-batch or --noise-samples", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; no output written")
+        sys.exit(130)
+    except Exception as e:  # a bug, or a model failing in a way we did not foresee
+        if os.environ.get("SMOOTHINV_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {first} (set SMOOTHINV_DEBUG=1 for the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)

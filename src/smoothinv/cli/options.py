@@ -1,0 +1,147 @@
+"""Options shared by commands that inspect a model, and their parsing."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from ..errors import SmoothInvError
+from ..models import LoadedModel, load_model, probe_model
+
+
+def float_list(text: str | None, name: str) -> list[float] | None:
+    """'1,2.5' → [1.0, 2.5]; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SmoothInvError(f"{name} takes comma-separated numbers, e.g. 0.25,0.5 (got {text!r})") from None
+    if not values:
+        raise SmoothInvError(f"{name} needs at least one number")
+    return values
+
+
+def size_pair(text: str | None) -> tuple[int, int] | None:
+    """'32' or '32,32' → (32, 32)."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise SmoothInvError(f"--input-size takes H,W or one number (got {text!r})") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise SmoothInvError(f"--input-size takes two positive numbers H,W (got {text!r})")
+    return values[0], values[1]
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SmoothInvError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    return name
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--model and the flags that say how to read it."""
+    decorators = [
+        click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+                     help="Model file: safetensors or .pt state_dict (with --arch), TorchScript, or a pickled model (--unsafe-pickle)."),
+        click.option("--arch", help="Architecture name for state_dict files (see `smoothinv models`)."),
+        click.option("--num-classes", type=int, help="Number of classes (inferred from the weights when omitted)."),
+        click.option("--input-size", help="Model input H,W (default: the arch's, else the clean set's or image's size)."),
+        click.option("--channels", type=click.Choice(["1", "3"]), help="Input channels (default: the arch's, else probed)."),
+        click.option("--mean", help="Per-channel normalisation mean the model expects, e.g. 0.485,0.456,0.406."),
+        click.option("--std", help="Per-channel normalisation std the model expects."),
+        click.option("--unsafe-pickle", is_flag=True,
+                     help="Allow loading a whole pickled model. This RUNS CODE FROM THE FILE: only for files you trust."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
+
+
+@dataclass
+class Subject:
+    """The model under inspection, ready to use: [0,1] images of `shape` → `num_classes` logits."""
+
+    loaded: LoadedModel
+    path: Path
+    sha256: str
+    channels: int
+    input_size: tuple[int, int] | None
+    num_classes: int
+    device: str
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.loaded.module
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "format": self.loaded.format,
+            "arch": self.loaded.arch,
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "input_size": None if self.input_size is None else list(self.input_size),
+            "mean": None if self.loaded.mean is None else list(self.loaded.mean),
+            "std": None if self.loaded.std is None else list(self.loaded.std),
+            "device": self.device,
+        }
+
+
+def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = None) -> Subject:
+    """Load and probe the model from the CLI options; errors are one line."""
+    device = resolve_device(opts["device"])
+    loaded = load_model(
+        opts["model_path"],
+        arch=opts["arch"],
+        num_classes=opts["num_classes"],
+        input_size=size_pair(opts["input_size"]),
+        channels=None if opts["channels"] is None else int(opts["channels"]),
+        mean=float_list(opts["mean"], "--mean"),
+        std=float_list(opts["std"], "--std"),
+        unsafe_pickle=opts["unsafe_pickle"],
+        device=device,
+    )
+    size = loaded.input_size or fallback_size
+    probe_size = size or (32, 32)
+    if loaded.channels is not None:
+        channels = loaded.channels
+        classes = probe_model(loaded.module, channels=channels, input_size=probe_size, device=device)
+    else:
+        channels, classes = _probe_channels(loaded, probe_size, device)
+    if loaded.num_classes is not None and loaded.num_classes != classes:
+        raise SmoothInvError(f"model returns {classes} scores but --num-classes is {loaded.num_classes}")
+    return Subject(loaded, Path(opts["model_path"]), _sha256(opts["model_path"]), channels, size, classes, device)
+
+
+def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str) -> tuple[int, int]:
+    """Models without metadata: try RGB, then gray."""
+    first_error: SmoothInvError | None = None
+    for channels in (3, 1):
+        try:
+            return channels, probe_model(loaded.module, channels=channels, input_size=size, device=device)
+        except SmoothInvError as e:
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
