@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_model(paths["safetensors"], model, arch="small_cnn", num_classes=10, input_size=(28, 28), channels=1)
     paths["state_dict"] = root / "model.pt"
     torch.save(model.state_dict(), paths["state_dict"])
-    paths["torchscript"] = root / "model_ts.pt"
-    torch.jit.trace(model, torch.rand(1, 1, 28, 28)).save(str(paths["torchscript"]))
-    paths["flat_model"] = root / "flat_ts.pt"
-    torch.jit.script(_FlatOutput()).save(str(paths["flat_model"]))
-    paths["nan_model"] = root / "nan_ts.pt"
-    torch.jit.script(_NanOutput()).save(str(paths["nan_model"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* deprecation notices
+        paths["torchscript"] = root / "model_ts.pt"
+        torch.jit.trace(model, torch.rand(1, 1, 28, 28)).save(str(paths["torchscript"]))
+        paths["flat_model"] = root / "flat_ts.pt"
+        torch.jit.script(_FlatOutput()).save(str(paths["flat_model"]))
+        paths["nan_model"] = root / "nan_ts.pt"
+        torch.jit.script(_NanOutput()).save(str(paths["nan_model"]))
 
     rng = np.random.default_rng(1)
     garbage = bytearray(rng.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
@@ -319,22 +322,12 @@ def test_model_returning_garbage(monkeypatch, capsys, files, tmp_path, model):
     assert ("shape" in message) if model == "flat_model" else ("NaN" in message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/main.py main() prints the message as rich markup: '[batch, num_classes]' is "
-    "swallowed as a style tag (and '[/...]' in a path raises MarkupError); escape it",
-)
 def test_error_message_keeps_square_brackets(monkeypatch, capsys, files, tmp_path):
     out = tmp_path / "out"
     message = assert_user_error(monkeypatch, capsys, invert_args(files, out, model=files["flat_model"]), out)
     assert "[batch, num_classes]" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/main.py main() prints the message as rich markup: a path part like "
-    "'[v2]' vanishes from the message; escape it",
-)
 def test_error_message_keeps_bracketed_path(monkeypatch, capsys, files, tmp_path):
     out = tmp_path / "out"
     missing = files["bracketed_dir"] / "model.safetensors"
@@ -351,6 +344,31 @@ def test_bad_eps(monkeypatch, capsys, files, tmp_path, eps):
 def test_bad_sigma(monkeypatch, capsys, files, tmp_path, sigma):
     out = tmp_path / "out"
     assert_user_error(monkeypatch, capsys, invert_args(files, out, sigma=sigma), out, "sigma")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("eps", "nan"), ("eps", "inf"), ("sigma", "nan")])
+def test_non_finite_eps_or_sigma(monkeypatch, capsys, files, tmp_path, flag, value):
+    out = tmp_path / "out"
+    args = invert_args(files, out, clean=files["clean_npz"], **{flag: value})
+    assert_user_error(monkeypatch, capsys, args, out, flag, alone=False)
+
+
+@pytest.mark.parametrize("value", ["0", "-4"])
+def test_bad_max_batch(monkeypatch, capsys, files, tmp_path, value):
+    out = tmp_path / "out"
+    args = invert_args(files, out, clean=files["clean_npz"], max_batch=value)
+    assert_user_error(monkeypatch, capsys, args, out, "--max-batch", alone=False)
+
+
+@pytest.mark.parametrize(("flag", "value", "mentions"), [
+    ("steps", "0", "steps"),
+    ("noise_samples", "0", "noise samples"),
+    ("clean_limit", "0", "limit"),
+])
+def test_bad_counts(monkeypatch, capsys, files, tmp_path, flag, value, mentions):
+    out = tmp_path / "out"
+    args = invert_args(files, out, clean=files["clean_npz"], **{flag: value})
+    assert_user_error(monkeypatch, capsys, args, out, mentions, alone=False)
 
 
 def test_existing_output_not_clobbered(monkeypatch, capsys, files, tmp_path):
@@ -402,6 +420,11 @@ def test_usage_error_exits_2_without_traceback(monkeypatch, capsys, files, tmp_p
     assert code == 2
     assert "Traceback" not in stderr and "--steps" in stderr
     assert_nothing_written(out)
+
+
+def test_usage_error_is_one_error_line(monkeypatch, capsys, files, tmp_path):
+    out = tmp_path / "out"
+    assert_user_error(monkeypatch, capsys, invert_args(files, out, steps="many"), out, "--steps")
 
 
 def test_entry_point_missing_model_subprocess(files, tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..data import load_clean_set, load_image
@@ -51,7 +52,7 @@ def cli() -> None:
               help="pgd: SmoothInv as in the paper; momentum: as in the authors' code; plainadv: no smoothing.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
 @click.option("--clean-limit", default=1000, show_default=True, help="Use at most this many clean images (seeded).")
-@click.option("--max-batch", default=256, show_default=True, help="Images per forward pass (lower it to save memory).")
+@click.option("--max-batch", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass (lower it to save memory).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def invert(**opts: Any) -> None:
     """Synthesise the backdoor trigger toward --target from one clean image."""
@@ -65,13 +66,16 @@ def invert(**opts: Any) -> None:
     clean.check_labels(subject.num_classes)
     target = parse_target(opts["target"], clean.class_names)
     check_target(torch.tensor([target]), subject.num_classes)
+    if not bool((clean.labels != target).any()):
+        raise SmoothInvError(f"every clean image is of the target class {target}; ASR needs images of other classes")
     grid = Grid.for_shape(image.shape, float_list(opts["eps"], "--eps"), float_list(opts["sigma"], "--sigma"))
     baseline = "plainadv" if opts["baseline"] and opts["method"] != "plainadv" else None
     options = {"steps": opts["steps"], "noise_samples": opts["noise_samples"], "max_batch": opts["max_batch"]}
     loaded_s = time.perf_counter() - started
 
-    err.print(f"model {subject.path.name}: {subject.loaded.format}, {subject.num_classes} classes, "
-              f"input {subject.channels}x{size[0]}x{size[1]}; clean set: {len(clean)} images; eps grid {list(grid.eps)}")
+    err.print(escape(f"model {subject.path.name}: {subject.loaded.format}, {subject.num_classes} classes, "
+                     f"input {subject.channels}x{size[0]}x{size[1]}; clean set: {len(clean)} images; "
+                     f"eps grid {list(grid.eps)}"), highlight=False, soft_wrap=True)
     with step_progress(sweep_steps(opts["method"], baseline, grid, opts["steps"]), err) as hook:
         sweep = run_sweep(subject.module, image, target, clean.images, clean.labels, grid, method=opts["method"],
                           baseline=baseline, options=options, seed=opts["seed"], progress=hook)
@@ -95,7 +99,7 @@ def invert(**opts: Any) -> None:
         write_inversion(tmp, sweep, record)
     stdout.print(sweep_table(sweep, f"target {target}: ASR of each synthesised perturbation on {len(clean)} clean images"))
     for warning in record["warnings"]:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     stdout.print(f"best: {sweep.method} eps={sweep.best.result.config['eps']:g} sigma={sweep.best.result.config.get('sigma', 0):g} "
               f"ASR {sweep.best.asr:.1%}; wrote {opts['out']}/ (result.json, overview.png, …) in {total_s:.1f}s")
 
@@ -143,17 +147,14 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except SmoothInvError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        fail(str(e), e.exit_code)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        fail(e.format_message() + ("; see --help" if isinstance(e, click.UsageError) else ""), e.exit_code)
     except torch.cuda.OutOfMemoryError:
-        err.print("[red]error:[/] out of GPU memory; lower --max-batch or --noise-samples", soft_wrap=True)
-        sys.exit(2)
+        fail("out of GPU memory; lower --max-batch or --noise-samples", 2)
     except KeyboardInterrupt:
         err.print("interrupted; no output written")
         sys.exit(130)
@@ -161,6 +162,10 @@ def main() -> None:
         if os.environ.get("SMOOTHINV_DEBUG"):
             raise
         first = (str(e).strip().splitlines() or [""])[0]
-        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {first} (set SMOOTHINV_DEBUG=1 for the traceback)",
-                  highlight=False, soft_wrap=True)
-        sys.exit(1)
+        fail(f"unexpected {type(e).__name__}: {first} (set SMOOTHINV_DEBUG=1 for the traceback)", 1)
+
+
+def fail(message: str, code: int) -> None:
+    """Print `error: message` as one plain line on stderr and exit with `code`."""
+    err.print(f"[red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,8 @@ def float_list(text: str | None, name: str) -> list[float] | None:
         raise SmoothInvError(f"{name} takes comma-separated numbers, e.g. 0.25,0.5 (got {text!r})") from None
     if not values:
         raise SmoothInvError(f"{name} needs at least one number")
+    if not all(math.isfinite(v) for v in values):
+        raise SmoothInvError(f"{name} values must be finite numbers (got {text!r})")
     return values
 
 

@@ -48,10 +48,10 @@ class Grid:
     ) -> Grid:
         """Absolute `eps` if given, else the paper's ε scaled to `shape` (C,H,W)."""
         sigmas = tuple(float(s) for s in (sigmas or PAPER_SIGMAS))
-        if any(s < 0 for s in sigmas):
+        if not all(math.isfinite(s) and s >= 0 for s in sigmas):
             raise SmoothInvError(f"sigma values must be >= 0 (got {list(sigmas)})")
         if eps:
-            if any(e <= 0 for e in eps):
+            if not all(math.isfinite(e) and e > 0 for e in eps):
                 raise SmoothInvError(f"eps values must be > 0 (got {list(eps)})")
             return cls(tuple(float(e) for e in eps), sigmas)
         scale = eps_scale(shape)
@@ -136,7 +136,8 @@ def run_sweep(
             hook = None if progress is None else (lambda step, _l, _p, label=label: progress(label, 1))
             result = inverter.invert(model, image, target, seed=seed, callback=hook)
             start = time.perf_counter()
-            asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target)
+            asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target,
+                                      batch_size=int(options.get("max_batch", 256)))
             runs.append(Run(result, asr, time.perf_counter() - start))
         return runs
 

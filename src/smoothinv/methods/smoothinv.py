@@ -8,6 +8,7 @@ PlainAdv runs the same descent on the base classifier f (σ = 0, one copy).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -54,6 +55,10 @@ class SmoothInv(Inverter):
             raise SmoothInvError(f"sigma must be >= 0 (got {sigma})")
         if noise_samples < 1:
             raise SmoothInvError(f"noise samples must be >= 1 (got {noise_samples})")
+        if max_batch < 1:
+            raise SmoothInvError(f"max batch must be >= 1 (got {max_batch})")
+        if not (math.isfinite(eps) and math.isfinite(sigma)):
+            raise SmoothInvError(f"eps and sigma must be finite (got eps={eps}, sigma={sigma})")
         self.eps = float(eps)
         self.sigma = float(sigma)
         self.noise_samples = int(noise_samples)
