@@ -114,7 +114,7 @@ def dataset(n_per_class=10, classes=4, seed=0):
 PATCH = square_patch((1, 5, 5), size=2, top=3, left=3, value=1.0)
 
 
-@pytest.mark.parametrize("rate,count", [(0.0, 0), (0.1, 3), (0.2, 6), (0.5, 15), (1.0, 30)])
+@pytest.mark.parametrize("rate,count", [(0.0, 0), (0.01, 0), (0.02, 1), (0.1, 3), (0.29, 9), (0.5, 15), (1.0, 30)])
 def test_poison_exact_count_of_non_target_images(rate, count):
     images, labels = dataset()
     out = poison(images, labels, PATCH, target=0, rate=rate, seed=1)

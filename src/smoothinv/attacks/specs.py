@@ -21,7 +21,7 @@ import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -64,8 +64,12 @@ def _fit(name: str, shape: Shape, ph: int, pw: int) -> None:
 
 
 def _rng(seed: int, stream: str) -> torch.Generator:
-    """A CPU generator for one named use of a spec's seed (independent streams per use)."""
-    return torch.Generator().manual_seed(((seed << 32) ^ zlib.crc32(stream.encode())) & 0xFFFF_FFFF_FFFF_FFFF)
+    """A CPU generator for one named use of a spec's seed, e.g. "htba/colours".
+
+    torch's CPU generator keeps only 32 bits of its seed, so the stream name is mixed in by
+    adding its CRC-32 modulo 2**32: distinct seeds (mod 2**32) give distinct draws per stream.
+    """
+    return torch.Generator().manual_seed((seed + zlib.crc32(stream.encode())) % 2**32)
 
 
 def _paste(shape: Shape, mask: Tensor, pattern: Tensor, top: int, left: int) -> MaskedTrigger:
@@ -102,9 +106,10 @@ class RandomPatchTrigger(Trigger):
     """Pastes an opaque patch [C,s,s] at a pseudo-random position in each image (HTBA).
 
     Positions are reproducible: every `apply` draws them from a fresh generator seeded with
-    `seed`, one (top, left) pair per image in batch order, so image i of an N-image batch
-    always lands at `positions(N)[i]` and applying twice to the same batch gives the same
-    result, while different images of a batch land at different places.
+    `seed`, one (top, left) pair per image in batch order, so image i of a batch always
+    lands at `positions(N, H, W)[i]` whatever the batch holds (in practice also whatever
+    N is: the draws are sequential), applying twice to the same batch gives the same
+    result, and different images of a batch land at (generally) different places.
     """
 
     def __init__(self, patch: Tensor, seed: int) -> None:
@@ -114,10 +119,8 @@ class RandomPatchTrigger(Trigger):
     def positions(self, n: int, height: int, width: int) -> Tensor:
         """[n,2] (top, left) of the patch in each of n images of size height×width."""
         s = self.patch.shape[-1]
-        g = _rng(self.seed, "htba/positions")
-        tops = torch.randint(0, height - s + 1, (n, 1), generator=g)
-        lefts = torch.randint(0, width - s + 1, (n, 1), generator=g)
-        return torch.cat([tops, lefts], dim=1)
+        u = torch.rand(n, 2, generator=_rng(self.seed, "htba/positions"), dtype=torch.float64)
+        return (u * torch.tensor([height - s + 1, width - s + 1])).floor().long()
 
     def apply(self, images: Tensor) -> Tensor:
         n, _, h, w = images.shape
@@ -201,7 +204,8 @@ def get_attack(name: str, **params: Any) -> AttackSpec:
     unknown = sorted(set(params) - fields)
     if unknown:
         raise SmoothInvError(
-            f"attack {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters: {', '.join(sorted(fields))}"
+            f"attack {name!r} has no parameter {', '.join(map(repr, unknown))};"
+            f" its parameters: {', '.join(sorted(fields))}"
         )
     if "target" not in params:
         raise SmoothInvError(f"attack {name!r} needs a target class (target=...)")

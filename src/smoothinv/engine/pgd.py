@@ -77,8 +77,11 @@ def project_l2(p: Tensor, eps: Tensor) -> Tensor:
 
 def normalize_l2(g: Tensor) -> Tensor:
     """Each row of g scaled to unit l2 norm; all-zero rows stay zero."""
-    norms = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.dim() - 1)))
-    return torch.where(norms > 0, g / norms.clamp_min(1e-30), torch.zeros_like(g))
+    shape = (-1, *([1] * (g.dim() - 1)))
+    largest = g.flatten(1).abs().amax(dim=1).view(shape)
+    scaled = g / torch.where(largest > 0, largest, torch.ones_like(largest))  # avoids under/overflow in the norm
+    norms = scaled.flatten(1).norm(dim=1).view(shape)
+    return torch.where(norms > 0, scaled / norms.clamp_min(1e-30), torch.zeros_like(g))
 
 
 def descend(

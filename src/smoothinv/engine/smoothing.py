@@ -24,7 +24,9 @@ class SmoothedClassifier:
     Rows are independent: row b uses σ_b and its own noise, so one batch can hold
     several (image, target, σ) configurations. The N noisy copies of all rows are pushed
     through f in chunks of at most `max_batch` images, which bounds memory for large
-    inputs without changing the result.
+    inputs. Chunks are merged exactly; the noise itself is drawn chunk by chunk, so a
+    given seed reproduces a result bit for bit at the same `max_batch`, and in
+    distribution at another.
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..engine.pgd import Optimizer, PGDSettings, StepCallback, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
-from .base import InversionResult, Inverter, additive_results, register_method
+from .base import InversionResult, Inverter, additive_results, check_target, register_method
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -90,6 +90,8 @@ class SmoothInv(Inverter):
         device = _model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device)
+        with torch.no_grad():
+            check_target(y, model(x[:1]).shape[-1])
         generator = torch.Generator(device=device).manual_seed(seed)
         smoothed = SmoothedClassifier(model, self.noise_samples, self.denoiser, self.max_batch)
         eps = torch.full((x.shape[0],), self.eps, device=device)
