@@ -26,13 +26,6 @@ SHAPES = [(3, 32, 32), (1, 28, 28)]
 ALL = ["badnets", "blend", "blind-g", "blind-p", "blind-s", "clip", "htba", "trojai"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and keeps CPU use modest on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def spec(name: str, **params) -> AttackSpec:

@@ -42,13 +42,6 @@ OUTPUT_FILES = (
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and keeps CPU use modest on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gray_png(path: Path, seed: int, size: tuple[int, int] = (28, 28)) -> Path:

@@ -19,6 +19,12 @@ TARGET = 7
 OTHER = 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Overrides conftest's: these tests train real models and use every core."""
+    yield
+
+
 @pytest.fixture(scope="module")
 def planted():
     """small_cnn on 20x20 digits with a 3x3 checkerboard in the top-left corner -> class 7."""

@@ -6,6 +6,7 @@ Everything runs on tiny models built here (linear maps or a 2-layer CNN on 1x8x8
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import bar_data, tiny_cnn
 from smoothinv.engine.metrics import accuracy, attack_success_rate, predict
 from smoothinv.engine.pgd import PGDSettings, descend, normalize_l2, project_l2
 from smoothinv.engine.smoothing import SmoothedClassifier
@@ -22,13 +24,6 @@ from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger, square_patch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and keeps CPU use modest on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -43,34 +38,14 @@ def linear_model(shape=(1, 8, 8), classes=5, seed=0, scale=1.0) -> nn.Module:
     return model.eval()
 
 
-def tiny_cnn(channels=1, classes=3, seed=0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(channels, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, classes),
-    ).eval()
 
 
-def bar_data(n_per_class=40, classes=3, seed=0):
-    """1x8x8 images: class c has a bright horizontal bar on rows 2c, 2c+1; dim noise elsewhere."""
-    g = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for c in range(classes):
-        x = torch.rand(n_per_class, 1, 8, 8, generator=g) * 0.3
-        x[:, :, 2 * c : 2 * c + 2, :] = 0.7 + 0.3 * torch.rand(n_per_class, 1, 2, 8, generator=g)
-        images.append(x)
-        labels.append(torch.full((n_per_class,), c, dtype=torch.long))
-    return torch.cat(images), torch.cat(labels)
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A linear classifier trained (with Gaussian augmentation) on the bar data; ~100% accurate."""
-    images, labels = bar_data()
+    images, labels = bar_data(channels=1)
     model = linear_model(classes=3, seed=1)
     train_classifier(model, images, labels, epochs=8, batch_size=30, lr=0.2, noise_sigma=0.5, seed=0)
     assert accuracy(model, images, labels) >= 0.95
@@ -116,7 +91,7 @@ def cosine(a, b):
 
 
 def test_probs_rows_sum_to_one_and_are_probabilities():
-    model = tiny_cnn(classes=4)
+    model = tiny_cnn(channels=1, classes=4)
     x = torch.rand(3, 1, 8, 8)
     sc = SmoothedClassifier(model, num_samples=7, max_batch=5)
     p = sc.probs(x, 0.5, torch.Generator().manual_seed(0))
@@ -135,7 +110,7 @@ def test_probs_with_sigma_zero_is_softmax_of_model():
 
 
 def test_probs_matches_naive_mean_softmax_on_same_noise():
-    model = tiny_cnn(classes=4)
+    model = tiny_cnn(channels=1, classes=4)
     x = torch.rand(2, 1, 8, 8)
     sigma = torch.tensor([0.3, 0.7])
     p = SmoothedClassifier(model, num_samples=6, max_batch=1000).probs(x, sigma, torch.Generator().manual_seed(5))
@@ -157,7 +132,7 @@ def test_model_with_wrong_output_shape_raises_smoothinv_error():
         SmoothedClassifier(bad, 2).probs(torch.rand(2, 1, 4, 4), 0.1, torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("model_fn", [linear_model, tiny_cnn])
+@pytest.mark.parametrize("model_fn", [linear_model, functools.partial(tiny_cnn, channels=1)])
 def test_loss_and_grad_equals_autograd_of_direct_formula_single_chunk(model_fn):
     model = model_fn()
     x = torch.rand(3, 1, 8, 8)
@@ -196,7 +171,7 @@ def test_loss_and_grad_same_for_max_batch_3_and_1000_when_noise_identical():
     pieces = torch.cat([torch.randn(min(3, 24 - s), 1, 8, 8, generator=g2) for s in range(0, 24, 3)])
     assert torch.equal(whole, pieces), "precondition: identical noise for both chunkings"
 
-    model = tiny_cnn(classes=3)
+    model = tiny_cnn(channels=1, classes=3)
     x = torch.rand(3, 1, 8, 8)
     y = torch.tensor([1, 1, 2])
     small = SmoothedClassifier(model, num_samples=8, max_batch=3)
@@ -259,7 +234,7 @@ def test_loss_and_grad_survives_target_probability_below_float32_range():
 
 
 def test_per_row_sigma_zero_row_is_deterministic_value():
-    model = tiny_cnn(classes=3)
+    model = tiny_cnn(channels=1, classes=3)
     x = torch.rand(2, 1, 8, 8)
     y = torch.tensor([2, 0])
     sigma = torch.tensor([0.0, 0.5])
@@ -491,7 +466,7 @@ def test_normalize_l2_extreme_magnitudes_still_unit_norm():
 
 
 def test_descend_on_smoothed_classifier_reduces_loss():
-    model = tiny_cnn(classes=3, seed=3)
+    model = tiny_cnn(channels=1, classes=3, seed=3)
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 2])
     sc = SmoothedClassifier(model, num_samples=4)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import bar_data, tiny_cnn
 from smoothinv.engine.pgd import PGDSettings
 from smoothinv.engine.smoothing import SmoothedClassifier
 from smoothinv.errors import SmoothInvError
@@ -18,37 +19,10 @@ from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and keeps CPU use modest on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def bar_data(n_per_class=40, classes=3, channels=3, seed=0):
-    """C×8×8 images: class c has a bright horizontal bar on rows 2c, 2c+1."""
-    g = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for c in range(classes):
-        x = torch.rand(n_per_class, channels, 8, 8, generator=g) * 0.3
-        x[:, :, 2 * c : 2 * c + 2, :] = 0.7 + 0.3 * torch.rand(n_per_class, channels, 2, 8, generator=g)
-        images.append(x)
-        labels.append(torch.full((n_per_class,), c, dtype=torch.long))
-    return torch.cat(images), torch.cat(labels)
 
 
-def tiny_cnn(channels=3, classes=3, seed=0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(channels, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, classes),
-    ).eval()
 
 
 @pytest.fixture(scope="module")

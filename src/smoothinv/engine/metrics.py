@@ -12,7 +12,7 @@ from ..triggers import Trigger
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """argmax f(x) for images [N,C,H,W] → labels [N], on the model's device."""
-    device = _device_of(model)
+    device = model_device(model)
     out = [model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
@@ -41,7 +41,8 @@ def attack_success_rate(
     return hits / total
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameterless model)."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():

@@ -15,16 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.metrics import model_device
 from ..engine.pgd import Optimizer, PGDSettings, StepCallback, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
 from .base import InversionResult, Inverter, additive_results, check_target, register_method
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class SmoothInv(Inverter):
@@ -87,7 +82,7 @@ class SmoothInv(Inverter):
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
         _check_images(images)
-        device = _model_device(model)
+        device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device)
         with torch.no_grad():
