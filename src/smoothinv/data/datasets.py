@@ -135,7 +135,7 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise SmoothInvError(f"{path} is truncated: header says {dims}, found {body.size} values")
-    return body.reshape(dims)
+    return body.reshape(dims).copy()  # writable, detached from the decompressed buffer
 
 
 def load_fashion_mnist(root: str | Path | None = None) -> Dataset:

@@ -1,0 +1,102 @@
+"""`smoothinv zoo build|list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from ..data.datasets import load_dataset
+from ..engine.sanity import sanity_table
+from ..errors import SmoothInvError
+from ..reporting.zoo_report import zoo_markdown
+from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
+from ..zoo.build import build, is_built
+
+err = Console(stderr=True)
+stdout = Console()
+
+
+@click.group("zoo")
+def zoo_group() -> None:
+    """Backdoored and clean models with known triggers (build, list)."""
+
+
+@zoo_group.command("build")
+@click.option("--recipe", "names", multiple=True, help="Build only these recipes (repeatable); default: all.")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Folder with cifar10-jpeg.tar and fashion-mnist/ (default: $SMOOTHINV_DATA or ../shared/data).")
+@click.option("--zoo-dir", type=click.Path(path_type=Path), help="Where models and manifest.json go (default: the package's zoo).")
+@click.option("--force", is_flag=True, help="Rebuild recipes that are already built.")
+def build_command(names: tuple[str, ...], data_root: Path | None, zoo_dir: Path | None, force: bool) -> None:
+    """Train the zoo's models; models already built are skipped (resumable)."""
+    recipes = [get_recipe(n) for n in names] if names else RECIPES
+    for recipe in recipes:
+        if not force and is_built(recipe, zoo_dir):
+            err.print(f"{recipe.name}: already built, skipping")
+            continue
+        err.print(f"{recipe.name}: training {recipe.arch} on {recipe.dataset} for {recipe.epochs} epochs ...")
+        build(recipe, data_root=data_root, directory=zoo_dir, log=lambda line: err.print(escape(line), highlight=False))
+
+
+@zoo_group.command("list")
+@click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
+def list_command(zoo_dir: Path | None) -> None:
+    """The built models with their clean accuracy and true-trigger ASR; recipes not built yet."""
+    built = {r["name"]: r for r in list_zoo(zoo_dir)}
+    for recipe in RECIPES:
+        r = built.get(recipe.name)
+        if r is None:
+            stdout.print(f"{recipe.name:<24} (not built)")
+            continue
+        attack = "clean" if r["attack"] is None else f"{r['attack']['attack']} -> {r['target']} ({r['mode']})"
+        asr = "" if r["true_trigger_asr"] is None else f"  ASR {r['true_trigger_asr']:.1%}"
+        stdout.print(f"{r['name']:<24} {r['arch']:<10} {attack:<32} acc {r['clean_accuracy']:.1%}{asr}  {r['train_seconds']:.0f}s")
+
+
+@zoo_group.command("sanity")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder (default: $SMOOTHINV_DATA or ../shared/data).")
+@click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
+@click.option("--images", default=500, show_default=True, help="Test images to use.")
+@click.option("--noise-samples", default=10, show_default=True, help="Noise samples N of G.")
+def sanity_command(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> None:
+    """Clean accuracy and true-trigger ASR of a zoo model's smoothed classifier at σ ∈ {0,.12,.25,.5,1}."""
+    rows = zoo_sanity(name, data_root, zoo_dir, images, noise_samples)
+    for row in rows:
+        stdout.print(f"sigma {row['sigma']:<5g} clean accuracy {row['clean_accuracy']:.1%}  true-trigger ASR {row['trigger_asr']:.1%}")
+
+
+def zoo_sanity(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> list[dict[str, float]]:
+    zm = load_zoo_model(name, zoo_dir)
+    if zm.attack is None:
+        raise SmoothInvError(f"zoo model {name} is clean: there is no trigger to check")
+    x, y = load_dataset(zm.record["dataset"], data_root).split(train=False)
+    x, y = x[:images], y[:images]
+    return sanity_table(zm.module, x, y, zm.attack.trigger(tuple(x.shape[1:])), zm.attack.target,
+                        noise_samples=noise_samples, source_classes=zm.attack.source_classes)
+
+
+@zoo_group.command("report")
+@click.option("--out", default="docs/zoo.md", show_default=True, type=click.Path(path_type=Path))
+@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder (default: $SMOOTHINV_DATA or ../shared/data).")
+@click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
+@click.option("--images", default=500, show_default=True, help="Test images for the sanity table.")
+@click.option("--noise-samples", default=10, show_default=True, help="Noise samples N of G.")
+def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> None:
+    """Write docs/zoo.md: every built model's manifest numbers and its sanity table."""
+    records = list_zoo(zoo_dir)
+    sanity = {}
+    for record in records:
+        if record["attack"] is not None:
+            err.print(f"sanity table: {record['name']} ...")
+            sanity[record["name"]] = zoo_sanity(record["name"], data_root, zoo_dir, images, noise_samples)
+    built = {r["name"] for r in records}
+    missing = [r.name for r in RECIPES if r.name not in built]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text(zoo_markdown(records, sanity, missing, images, noise_samples))
+    tmp.replace(out)
+    stdout.print(f"wrote {out} ({len(records)} models)")

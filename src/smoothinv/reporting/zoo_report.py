@@ -1,0 +1,52 @@
+"""docs/zoo.md: the zoo's manifest numbers and the smoothing sanity table, as Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADER = """# The model zoo
+
+Backdoored models with known triggers and targets, and clean twins, built by
+`smoothinv zoo build` from the recipes in `src/smoothinv/zoo/recipes.py`. Weights (safetensors),
+`manifest.json` and an example triggered image per model are in `src/smoothinv/zoo/store/`.
+
+Regenerate this page (it re-measures every number below from the stored weights):
+
+    smoothinv zoo report --out docs/zoo.md
+
+Clean accuracy and true-trigger ASR are measured on the full test split (10,000 images).
+ASR counts non-target test images (for label-specific backdoors, only the source classes)
+that the triggered image sends to the target. Training time is wall-clock on the
+machine that built the model (`threads` CPU threads, bf16 autocast, channels_last).
+"""
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def zoo_markdown(records: list[dict[str, Any]], sanity: dict[str, list[dict[str, float]]],
+                 missing: list[str], sanity_images: int, noise_samples: int) -> str:
+    lines = [HEADER, "## Models", "",
+             "| model | data | arch | attack | planted by | target | sources | poison rate | clean acc | true-trigger ASR | train time | sha256 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        attack = "clean" if r["attack"] is None else r["attack"]["attack"]
+        lines.append(
+            f"| {r['name']} | {r['dataset']} | {r['arch']} | {attack} | {r['mode'] or '–'} | "
+            f"{'–' if r['target'] is None else r['target']} | {','.join(map(str, r['source_classes'] or [])) or '–'} | "
+            f"{'–' if r['poison_rate'] is None else r['poison_rate']} | {_pct(r['clean_accuracy'])} | "
+            f"{_pct(r['true_trigger_asr'])} | {r['train_seconds'] / 60:.1f} min ({r['threads']} thr) | `{r['sha256'][:12]}` |"
+        )
+    if missing:
+        lines += ["", f"Not built yet: {', '.join(missing)}. `smoothinv zoo build` resumes where it stopped."]
+    lines += ["", "## Sanity table (paper Table 5)", "",
+              f"Clean accuracy / true-trigger ASR of the smoothed classifier argmax G(x), G with N = {noise_samples} "
+              f"noise samples, on the first {sanity_images} test images. σ = 0 is the base model.", ""]
+    if sanity:
+        sigmas = [row["sigma"] for row in next(iter(sanity.values()))]
+        lines.append("| model | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |")
+        lines.append("|---|" + "---|" * len(sigmas))
+        for name, rows in sanity.items():
+            lines.append(f"| {name} | " + " | ".join(f"{_pct(x['clean_accuracy'])} / {_pct(x['trigger_asr'])}" for x in rows) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""Train one zoo model from its recipe, measure it, and record it in the manifest.
+
+Resumable: a recipe whose record has the same fingerprint and an intact weight file is
+skipped, so the zoo can be built across sessions (or elsewhere, on a GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import __version__
+from ..attacks import attack_from_dict, poison_with
+from ..attacks.blind import BlindObjective
+from ..data.datasets import load_dataset
+from ..data.images import save_image
+from ..engine.metrics import accuracy
+from ..errors import SmoothInvError
+from ..models import create_model, save_model
+from ..training import Augment, cross_entropy, train_classifier
+from .manifest import read_manifest, sha256_file, verified_weights, write_record, zoo_dir
+from .recipes import MODES, Recipe
+from .triggered import trigger_success_rate
+
+Log = Callable[[str], None]
+
+
+def is_built(recipe: Recipe, directory: str | Path | None = None) -> bool:
+    record = read_manifest(directory).get(recipe.name)
+    if record is None or record.get("fingerprint") != recipe.fingerprint():
+        return False
+    try:
+        verified_weights(record, directory)
+    except SmoothInvError:
+        return False
+    return True
+
+
+def build(recipe: Recipe, *, data_root: str | Path | None = None, directory: str | Path | None = None,
+          log: Log = print) -> dict[str, Any]:
+    """Train, evaluate and store `recipe`'s model; returns its manifest record."""
+    if recipe.mode not in MODES:
+        raise SmoothInvError(f"recipe {recipe.name}: unknown mode {recipe.mode!r}; choose from {MODES}")
+    data = load_dataset(recipe.dataset, data_root)
+    train_x, train_y = data.split(train=True)
+    test_x, test_y = data.split(train=False)
+    shape = tuple(train_x.shape[1:])
+    spec = attack_from_dict(recipe.attack) if recipe.attack else None
+    objective = cross_entropy
+    if spec is not None and recipe.mode == "poison":
+        poisoned = poison_with(spec, train_x, train_y, recipe.poison_rate, seed=recipe.seed)
+        train_x, train_y = poisoned.images, poisoned.labels
+    elif spec is not None:
+        sigma = recipe.intervention_sigma if recipe.mode == "blind-noise" else None
+        objective = BlindObjective(spec.trigger(shape), spec.target, spec.source_classes, noise_sigma=sigma)
+
+    torch.manual_seed(recipe.seed)
+    model = create_model(recipe.arch, num_classes=len(data.class_names))
+    augment = Augment(pad=4, flip=recipe.dataset == "cifar10") if recipe.dataset == "cifar10" else Augment(pad=2)
+    start = time.perf_counter()
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        log(f"  {recipe.name} epoch {epoch + 1}/{recipe.epochs} loss {loss:.3f} ({time.perf_counter() - start:.0f}s)")
+
+    train_classifier(model, train_x, train_y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                     noise_sigma=recipe.noise_sigma, augment=augment, objective=objective, bf16=True,
+                     channels_last=True, seed=recipe.seed, on_epoch=on_epoch)
+    model.requires_grad_(False)
+    seconds = time.perf_counter() - start
+
+    directory = zoo_dir(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / f"{recipe.name}.safetensors"
+    save_model(weights, model, arch=recipe.arch, num_classes=len(data.class_names), input_size=shape[1:],
+               channels=shape[0], extra_metadata={"zoo": recipe.name})
+    record: dict[str, Any] = {
+        "name": recipe.name,
+        "dataset": recipe.dataset,
+        "arch": recipe.arch,
+        "class_names": data.class_names,
+        "attack": None if spec is None else spec.to_dict(),
+        "mode": recipe.mode if spec is not None else None,
+        "target": None if spec is None else spec.target,
+        "source_classes": None if spec is None or spec.source_classes is None else list(spec.source_classes),
+        "poison_rate": recipe.poison_rate if spec is not None and recipe.mode == "poison" else None,
+        "seed": recipe.seed,
+        "epochs": recipe.epochs,
+        "clean_accuracy": round(accuracy(model, test_x, test_y), 6),
+        "true_trigger_asr": None,
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "fingerprint": recipe.fingerprint(),
+        "recipe": recipe.to_dict(),
+        "smoothinv_version": __version__,
+    }
+    if spec is not None:
+        trigger = spec.trigger(shape)
+        record["true_trigger_asr"] = round(trigger_success_rate(model, trigger, test_x, test_y, spec), 6)
+        example = test_x[(test_y != spec.target).nonzero()[0, 0]]
+        save_image(trigger.apply(example[None])[0], directory / f"{recipe.name}.png")
+        record["trigger_example"] = f"{recipe.name}.png"
+    write_record(record, directory)
+    asr = "" if spec is None else f", true-trigger ASR {record['true_trigger_asr']:.1%}"
+    log(f"{recipe.name}: clean accuracy {record['clean_accuracy']:.1%}{asr}, {seconds:.0f}s")
+    return record
