@@ -14,7 +14,7 @@ from smoothinv.engine.pgd import PGDSettings
 from smoothinv.engine.smoothing import SmoothedClassifier
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods import InversionResult, PlainAdv, SmoothInv, get_method, list_methods
-from smoothinv.methods.base import check_target
+from smoothinv.methods.base import check_target, method_options
 from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger
 
@@ -96,10 +96,16 @@ def test_plainadv_is_deterministic_and_uses_no_noise(trained, image):
     assert z.config["noise_samples"] == 1
 
 
-def test_plainadv_ignores_smoothing_options():
-    m = get_method("plainadv", eps=1.0, sigma=0.5, noise_samples=50, steps=3)
+def test_shared_options_are_filtered_per_method():
+    shared = {"sigma": 0.5, "noise_samples": 50, "steps": 3}
+    assert method_options("plainadv", shared) == {"steps": 3}
+    m = get_method("plainadv", eps=1.0, **method_options("plainadv", shared))
     assert isinstance(m, PlainAdv)
     assert m.sigma == 0.0 and m.noise_samples == 1
+    assert method_options("smoothinv", shared) == shared
+    with pytest.raises(TypeError):
+        get_method("plainadv", eps=1.0, sigma=0.5)  # no silent ignoring when called directly
+    assert get_method("momentum", eps=1.0).settings.optimizer == "momentum"
 
 
 def test_smoothinv_loss_is_smoothed_loss_at_start(trained, image):

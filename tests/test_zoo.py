@@ -229,3 +229,34 @@ def test_every_committed_zoo_model_loads_and_matches_its_hash():
         assert out.shape == (2, len(record["class_names"])) and bool(torch.isfinite(out).all())
         if record["attack"] is not None:
             assert record["true_trigger_asr"] is not None
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from smoothinv.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["smoothinv", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sanity_command(tmp_path, monkeypatch, capsys):
+    from smoothinv.models import save_model
+
+    model = create_model("small_cnn", 10)
+    save_model(tmp_path / "m.safetensors", model, arch="small_cnn", num_classes=10, input_size=(28, 28), channels=1)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "clean.npz", x=rng.integers(0, 255, (30, 28, 28, 1), dtype=np.uint8), y=np.arange(30) % 10)
+    common = ["sanity", "--model", str(tmp_path / "m.safetensors"), "--clean", str(tmp_path / "clean.npz"),
+              "--noise-samples", "2"]
+    code, out, _ = run_cli(monkeypatch, capsys, *common, "--attack", '{"attack": "badnets", "target": 1}')
+    assert code == 0
+    assert [line.split()[1] for line in out.strip().splitlines()] == ["0", "0.12", "0.25", "0.5", "1"]
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--attack", "{not json")
+    assert code == 2 and err.startswith("error:") and "JSON" in err
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--attack", "no-such-zoo-model")
+    assert code == 2 and "badnets" in err

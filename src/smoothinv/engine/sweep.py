@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from torch import Tensor, nn
 
 from ..errors import SmoothInvError
-from ..methods.base import InversionResult, get_method
+from ..methods.base import InversionResult, get_method, method_class, method_options
 from .metrics import attack_success_rate
 
 REFERENCE_SHAPE = (3, 224, 224)
@@ -102,7 +102,7 @@ ProgressHook = Callable[[str, int], None]
 
 def grid_options(method: str, grid: Grid) -> list[dict[str, float]]:
     """The constructor options a method takes from the grid (ε, σ or both)."""
-    axes = get_method(method, eps=1.0).grid_axes
+    axes = method_class(method).grid_axes
     values = {"eps": grid.eps, "sigma": grid.sigmas}
     return [dict(zip(axes, combo)) for combo in itertools.product(*(values[a] for a in axes))]
 
@@ -131,7 +131,7 @@ def run_sweep(
     def run_all(name: str) -> list[Run]:
         runs = []
         for point in grid_options(name, grid):
-            inverter = get_method(name, **options, **point)
+            inverter = get_method(name, **method_options(name, options), **point)
             label = f"{name} " + " ".join(f"{k}={v:g}" for k, v in point.items())
             hook = None if progress is None else (lambda step, _l, _p, label=label: progress(label, 1))
             result = inverter.invert(model, image, target, seed=seed, callback=hook)

@@ -11,6 +11,7 @@ takes a [0,1] image [C,H,W] and a target class and returns an `InversionResult`.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -138,32 +139,45 @@ def additive_results(
     return out
 
 
-MethodFactory = Callable[..., Inverter]
-_METHODS: dict[str, tuple[MethodFactory, str]] = {}
+_METHODS: dict[str, tuple[type[Inverter], dict[str, Any], str]] = {}
 
 
-def register_method(name: str, description: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Register a factory `f(**options) -> Inverter` under `name`."""
+def register_method(name: str, description: str, **fixed: Any) -> Callable[[type[Inverter]], type[Inverter]]:
+    """Register an Inverter class under `name`; `fixed` options define that name
+    (e.g. "momentum" = SmoothInv with optimizer="momentum") and override the caller's."""
 
-    def decorate(factory: MethodFactory) -> MethodFactory:
+    def decorate(cls: type[Inverter]) -> type[Inverter]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = (factory, description)
-        return factory
+        _METHODS[name] = (cls, fixed, description)
+        return cls
 
     return decorate
 
 
-def get_method(name: str, **options: Any) -> Inverter:
-    """Build the method registered as `name` with its options."""
+def method_class(name: str) -> type[Inverter]:
+    """The Inverter class registered as `name`."""
     if name not in _METHODS:
         raise SmoothInvError(f"unknown method {name!r}; choose from: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name][0](**options)
+    return _METHODS[name][0]
+
+
+def method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `options` that method `name`'s constructor takes (shared CLI settings
+    such as noise_samples mean nothing to a method without noise)."""
+    accepted = inspect.signature(method_class(name).__init__).parameters
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def get_method(name: str, **options: Any) -> Inverter:
+    """Build the method registered as `name` with its options."""
+    cls, fixed, _ = _METHODS[name] if name in _METHODS else (method_class(name), {}, "")
+    return cls(**{**options, **fixed})
 
 
 def list_methods() -> dict[str, str]:
     """{name: description} of every registered method."""
-    return {name: desc for name, (_, desc) in sorted(_METHODS.items())}
+    return {name: desc for name, (_, _, desc) in sorted(_METHODS.items())}
 
 
 def check_target(targets: Tensor, num_classes: int) -> None:

@@ -109,8 +109,9 @@ class PlainAdv(SmoothInv):
     grid_axes = ("eps",)
 
     def __init__(self, eps: float, steps: int = 400, step_fraction: float = 0.05, optimizer: Optimizer = "pgd",
-                 **_: Any) -> None:
-        super().__init__(eps, sigma=0.0, noise_samples=1, steps=steps, step_fraction=step_fraction, optimizer=optimizer)
+                 max_batch: int = 256) -> None:
+        super().__init__(eps, sigma=0.0, noise_samples=1, steps=steps, step_fraction=step_fraction, optimizer=optimizer,
+                         max_batch=max_batch)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -127,7 +128,6 @@ def _check_images(images: Tensor) -> None:
 
 register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)")(SmoothInv)
 register_method("pgd", "alias of smoothinv")(SmoothInv)
-register_method(
-    "momentum", "SmoothInv as in the authors' released code (SGD momentum 0.9, step halved every 300 steps)"
-)(lambda **options: SmoothInv(**{**options, "optimizer": "momentum"}))
+register_method("momentum", "SmoothInv as in the authors' released code (SGD momentum 0.9, step halved every 300 steps)",
+                optimizer="momentum")(SmoothInv)
 register_method("plainadv", "PlainAdv: the same descent on the base classifier, no smoothing")(PlainAdv)
