@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+PLANTED_TARGET = 7
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -39,3 +41,42 @@ def bar_data(n_per_class: int = 40, classes: int = 3, channels: int = 3, seed: i
         images.append(x)
         labels.append(torch.full((n_per_class,), c, dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
+
+
+def _digits_model(poisoned: bool):
+    """small_cnn on 20x20 digits (noise-augmented), with or without a 3x3 checkerboard
+    backdoor in the top-left corner -> class 7; returns (model, trigger, test x, test y)."""
+    from smoothinv.attacks import poison
+    from smoothinv.data import load_digits_images
+    from smoothinv.models import create_model
+    from smoothinv.training import train_classifier
+    from smoothinv.triggers import MaskedTrigger
+
+    torch.manual_seed(1)
+    x, y = load_digits_images(20)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    train, test = order[400:], order[:400]
+    mask = torch.zeros(1, 20, 20)
+    mask[:, 1:4, 1:4] = 1
+    pattern = (torch.arange(20).view(-1, 1) + torch.arange(20)).remainder(2).float().expand(1, 20, 20)
+    trigger = MaskedTrigger(mask, pattern)
+    train_x, train_y = x[train], y[train]
+    if poisoned:
+        data = poison(train_x, train_y, trigger, PLANTED_TARGET, 0.1, seed=1)
+        train_x, train_y = data.images, data.labels
+    model = create_model("small_cnn", 10)
+    train_classifier(model, train_x, train_y, epochs=12, batch_size=64, lr=0.05, noise_sigma=0.5, seed=1)
+    model.requires_grad_(False)
+    return model, trigger, x[test], y[test]
+
+
+@pytest.fixture(scope="session")
+def planted():
+    """A tiny backdoored digits model trained in the test session (seconds)."""
+    return _digits_model(poisoned=True)
+
+
+@pytest.fixture(scope="session")
+def planted_clean_twin():
+    """The same model trained without the backdoor."""
+    return _digits_model(poisoned=False)

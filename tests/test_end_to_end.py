@@ -7,15 +7,11 @@ import json
 import pytest
 import torch
 
-from smoothinv.attacks import poison
-from smoothinv.data import load_digits_images
 from smoothinv.engine.metrics import accuracy, attack_success_rate
 from smoothinv.engine.sweep import Grid, run_sweep
-from smoothinv.models import create_model
-from smoothinv.training import train_classifier
-from smoothinv.triggers import MaskedTrigger
 
-TARGET = 7
+from conftest import PLANTED_TARGET as TARGET
+
 OTHER = 2
 
 
@@ -23,24 +19,6 @@ OTHER = 2
 def one_thread():
     """Overrides conftest's: these tests train real models and use every core."""
     yield
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """small_cnn on 20x20 digits with a 3x3 checkerboard in the top-left corner -> class 7."""
-    torch.manual_seed(1)
-    x, y = load_digits_images(20)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
-    train, test = order[400:], order[:400]
-    mask = torch.zeros(1, 20, 20)
-    mask[:, 1:4, 1:4] = 1
-    pattern = (torch.arange(20).view(-1, 1) + torch.arange(20)).remainder(2).float().expand(1, 20, 20)
-    trigger = MaskedTrigger(mask, pattern)
-    data = poison(x[train], y[train], trigger, TARGET, 0.1, seed=1)
-    model = create_model("small_cnn", 10)
-    train_classifier(model, data.images, data.labels, epochs=12, batch_size=64, lr=0.05, noise_sigma=0.5, seed=1)
-    model.requires_grad_(False)
-    return model, trigger, x[test], y[test]
 
 
 def test_planted_backdoor_is_learned(planted):

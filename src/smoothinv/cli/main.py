@@ -29,6 +29,7 @@ from ..reporting.outputs import atomic_directory, check_destination
 from .options import float_list, load_subject, model_options
 from .progress import step_progress
 from .tables import sweep_table
+from .scan import scan_command
 from .zoo import zoo_group
 
 err = Console(stderr=True)
@@ -105,7 +106,9 @@ def invert(**opts: Any) -> None:
     stdout.print(sweep_table(sweep, f"target {target}: ASR of each synthesised perturbation on {len(clean)} clean images"))
     for warning in record["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    stdout.print(f"best: {sweep.method} eps={sweep.best.result.config['eps']:g} sigma={sweep.best.result.config.get('sigma', 0):g} "
+    best = sweep.best.result.config
+    settings_text = " ".join(f"{k}={best[k]:g}" for k in ("eps", "sigma") if k in best)
+    stdout.print(f"best: {sweep.method} {settings_text} "
               f"ASR {sweep.best.asr:.1%}; wrote {opts['out']}/ (result.json, overview.png, …) in {total_s:.1f}s")
 
 
@@ -177,6 +180,7 @@ def parse_attack(text: str) -> AttackSpec:
 
 
 cli.add_command(zoo_group)
+cli.add_command(scan_command)
 
 
 def parse_target(text: str, class_names: list[str] | None) -> int:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.metrics import model_device
-from ..engine.pgd import Optimizer, PGDSettings, StepCallback, descend
+from ..engine.early_stop import RowStopper
+from ..engine.pgd import Optimizer, PGDSettings, PGDTrace, StepCallback, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
 from .base import InversionResult, Inverter, additive_results, check_target, register_method
@@ -81,6 +82,29 @@ class SmoothInv(Inverter):
         seed: int = 0,
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
+        rows = images.shape[0]
+        start = time.perf_counter()
+        trace = self.descend_rows(model, images, targets, torch.full((rows,), self.eps), torch.full((rows,), self.sigma),
+                                  seed=seed, callback=callback)
+        return additive_results(self.name, images, targets, trace.perturbation, trace.loss, trace.target_prob,
+                                self.config(), time.perf_counter() - start)
+
+    def descend_rows(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        eps: Tensor,
+        sigma: Tensor,
+        *,
+        seed: int = 0,
+        callback: StepCallback | None = None,
+        stopper: RowStopper | None = None,
+    ) -> PGDTrace:
+        """The descent with a per-row ε [B] and σ [B], so a whole grid × classes runs as one batch.
+
+        A `stopper` skips rows whose target probability has saturated and honours a deadline.
+        """
         _check_images(images)
         device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
@@ -89,17 +113,14 @@ class SmoothInv(Inverter):
             check_target(y, model(x[:1]).shape[-1])
         generator = torch.Generator(device=device).manual_seed(seed)
         smoothed = SmoothedClassifier(model, self.noise_samples, self.denoiser, self.max_batch)
-        eps = torch.full((x.shape[0],), self.eps, device=device)
+        sigma = sigma.to(device=device, dtype=torch.float32)
 
-        def loss_and_grad(x_adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return smoothed.loss_and_grad(x_adv, y, self.sigma, generator)
+        def rows_loss_and_grad(x_rows: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return smoothed.loss_and_grad(x_rows, y[rows], sigma[rows], generator)
 
-        start = time.perf_counter()
-        trace = descend(loss_and_grad, x, eps, self.settings, callback)
-        seconds = time.perf_counter() - start
-        return additive_results(
-            self.name, images, targets, trace.perturbation, trace.loss, trace.target_prob, self.config(), seconds
-        )
+        everything = torch.arange(x.shape[0], device=device)
+        loss_and_grad = stopper.wrap(rows_loss_and_grad) if stopper else (lambda x_adv: rows_loss_and_grad(x_adv, everything))
+        return descend(loss_and_grad, x, eps.to(device=device, dtype=torch.float32), self.settings, callback)
 
 
 class PlainAdv(SmoothInv):

@@ -1,0 +1,61 @@
+"""From per-class transfer ASR to a verdict: is there a backdoor, and which class(es)?
+
+SmoothInv's observation: only the backdoor target's perturbation transfers to other clean
+images. But transfer also grows with ε for every class: at a large enough ε every
+perturbation is a universal adversarial one (at 32² inputs already at the paper's ε = 5).
+So a class is judged against the other classes *at the same ε*, never against a fixed ASR:
+
+1. a_c(ε) = max over σ of class c's transfer ASR at that ε.
+2. At each ε, a robust z-score across classes:
+   z_c(ε) = (a_c(ε) − median) / max(1.4826 · MAD, spread_floor).
+   When every class transfers (universal perturbation), the median is high and no class
+   stands out; when only the target does, it stands out by many MADs.
+3. score_c = max over ε of z_c(ε), counting only ε where a_c(ε) ≥ min_asr (a backdoor
+   must actually flip most images).
+4. Flag every class with score ≥ threshold; the model is "backdoored" if any is flagged.
+   Several targets can be flagged.
+
+spread_floor keeps a near-zero MAD (all other classes at 0–2% ASR) from turning a modest
+ASR into a huge z. The defaults are calibrated on the zoo's clean models (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MAD_CONSISTENCY = 1.4826
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    threshold: float = 4.0
+    min_asr: float = 0.3
+    spread_floor: float = 0.05
+
+    def describe(self) -> str:
+        return (f"flag class c if max over eps of (a_c(eps) - median_c) / max({MAD_CONSISTENCY}*MAD, {self.spread_floor}) "
+                f">= {self.threshold}, counting eps where a_c(eps) >= {self.min_asr}; a_c(eps) = max over sigma of "
+                "transfer ASR")
+
+
+def robust_z(values: Tensor, floor: float) -> Tensor:
+    """(v − median) / max(1.4826·MAD, floor) for values [K]."""
+    median = values.median()
+    mad = (values - median).abs().median()
+    return (values - median) / max(MAD_CONSISTENCY * float(mad), floor)
+
+
+def class_scores(asr: Tensor, rule: DecisionRule) -> tuple[Tensor, Tensor]:
+    """asr [K classes, E eps] (max over σ) → (score [K], z [K,E])."""
+    z = torch.stack([robust_z(asr[:, e], rule.spread_floor) for e in range(asr.shape[1])], dim=1)
+    counted = torch.where(asr >= rule.min_asr, z, torch.full_like(z, -torch.inf))
+    score = counted.max(dim=1).values
+    return torch.where(torch.isinf(score), z.max(dim=1).values.clamp(max=0.0), score), z
+
+
+def flagged(scores: Tensor, rule: DecisionRule) -> list[int]:
+    """Positions (in the scanned class list) whose score reaches the threshold."""
+    return [int(i) for i in torch.nonzero(scores >= rule.threshold).squeeze(1)]

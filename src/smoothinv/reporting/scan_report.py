@@ -1,0 +1,150 @@
+"""What `smoothinv scan` writes: scan.json, pictures of the flagged classes, report.html.
+
+report.html needs no network: CSS and the bar chart (SVG) are inline, and its images are
+files in the same output directory.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from ..data.images import save_image
+from ..detection.decision import DecisionRule
+from ..detection.scan import ScanResult
+from .outputs import write_json
+from .pictures import save_inversion_pictures
+
+
+def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequence[str] | None) -> dict[str, Any]:
+    """The JSON document: verdict, targets, per-class ASR per config and score, settings, timings."""
+    rule: DecisionRule = result.settings.rule
+
+    def name(c: int) -> str | None:
+        return class_names[c] if class_names and c < len(class_names) else None
+
+    classes = []
+    for cr in result.classes:
+        best, best_asr = cr.best
+        classes.append({
+            "class": cr.label,
+            "name": name(cr.label),
+            "image_index": cr.image_index,
+            "score": cr.score,
+            "flagged": cr.flagged,
+            "asr_by_eps": cr.asr_by_eps,
+            "z_by_eps": cr.z_by_eps,
+            "best": {"asr": round(best_asr, 6), "config": best.config,
+                     "final_target_prob": round(float(best.target_prob[-1]), 6),
+                     "perturbation_l2": round(float(best.perturbation.norm()), 6)},
+            "runs": [{"config": r.config, "asr": round(asr, 6), "initial_target_prob": round(float(r.target_prob[0]), 6),
+                      "final_target_prob": round(float(r.target_prob[-1]), 6), "steps_run": len(r.loss) - 1}
+                     for r, asr in cr.runs],
+        })
+    settings = result.settings
+    return {
+        **context,
+        "verdict": result.verdict,
+        "targets": result.targets,
+        "target_names": [name(c) for c in result.targets],
+        "rule": rule.describe(),
+        "settings": {"method": settings.method, "eps": list(result.eps), "sigmas": list(settings.sigmas),
+                     "noise_samples": settings.noise_samples, "steps": settings.steps,
+                     "stop_prob": settings.stop_prob, "time_budget_s": settings.time_budget, "seed": settings.seed,
+                     "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor},
+        "image_predictions": result.image_predictions,
+        "skipped_classes": {str(c): why for c, why in result.skipped.items()},
+        "timed_out": result.timed_out,
+        "timings": result.seconds,
+        "classes": classes,
+    }
+
+
+def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], images: Sequence[Tensor]) -> None:
+    """Pictures for each flagged class (or the top-scoring one), scan.json and report.html."""
+    out_dir = Path(out_dir)
+    for i, image in enumerate(images):
+        save_image(image, out_dir / f"image-{i}.png")
+    shown = [cr for cr in result.classes if cr.flagged] or [max(result.classes, key=lambda cr: cr.score)]
+    pictures = {}
+    for cr in shown:
+        best, _ = cr.best
+        folder = out_dir / f"class-{cr.label}"
+        folder.mkdir()
+        files = save_inversion_pictures(folder, best.image, best.synthesized)
+        pictures[cr.label] = {k: f"class-{cr.label}/{v}" for k, v in files.items()}
+    record = {**record, "pictures": {str(c): files for c, files in pictures.items()},
+              "files": {"report": "report.html", "scan": "scan.json", "images": [f"image-{i}.png" for i in range(len(images))]}}
+    write_json(out_dir / "scan.json", record)
+    (out_dir / "report.html").write_text(render_html(record, pictures))
+
+
+def _bar_chart(classes: list[dict[str, Any]]) -> str:
+    """Inline SVG: each class's best transfer ASR, flagged classes in red."""
+    width, bar, gap, height = 40 + len(classes) * 46, 34, 12, 220
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" role="img" '
+             'aria-label="best transfer ASR per class">',
+             f'<line x1="30" y1="{height}" x2="{width}" y2="{height}" stroke="#444"/>']
+    for tick in (0, 0.5, 1.0):
+        y = height - tick * (height - 20)
+        parts.append(f'<text x="2" y="{y + 4:.0f}" font-size="10">{tick:.0%}</text>'
+                     f'<line x1="28" y1="{y:.0f}" x2="{width}" y2="{y:.0f}" stroke="#ddd"/>')
+    for i, c in enumerate(classes):
+        asr = c["best"]["asr"]
+        h = asr * (height - 20)
+        x = 34 + i * (bar + gap)
+        color = "#c62828" if c["flagged"] else "#78909c"
+        label = html.escape(str(c["name"] or c["class"]))[:8]
+        parts.append(f'<rect x="{x}" y="{height - h:.1f}" width="{bar}" height="{h:.1f}" fill="{color}">'
+                     f'<title>class {c["class"]}: ASR {asr:.1%}, score {c["score"]}</title></rect>'
+                     f'<text x="{x + bar / 2}" y="{height - h - 4:.1f}" font-size="10" text-anchor="middle">{asr:.0%}</text>'
+                     f'<text x="{x + bar / 2}" y="{height + 14}" font-size="11" text-anchor="middle">{label}</text>'
+                     f'<text x="{x + bar / 2}" y="{height + 28}" font-size="9" fill="#666" text-anchor="middle">z {c["score"]:.1f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> str:
+    verdict = record["verdict"]
+    targets = ", ".join(f"{c} ({n})" if n else str(c) for c, n in zip(record["targets"], record["target_names"])) or "none"
+    rows = "".join(
+        f"<tr{' class=flag' if c['flagged'] else ''}><td>{c['class']}</td><td>{html.escape(str(c['name'] or ''))}</td>"
+        f"<td>{c['best']['asr']:.1%}</td><td>{c['score']:.2f}</td>"
+        f"<td>{' / '.join(f'{a:.0%}' for a in c['asr_by_eps'])}</td>"
+        f"<td>eps {c['best']['config'].get('eps', '–')}, sigma {c['best']['config'].get('sigma', '–')}</td></tr>"
+        for c in record["classes"])
+    figures = "".join(
+        f"<figure><img src=\"{html.escape(files['overview'])}\" alt=\"class {c} trigger\"><figcaption>class {c}: "
+        "clean | synthesised | amplified perturbation | zoom</figcaption></figure>"
+        for c, files in pictures.items())
+    images = "".join(f'<img class=small src="{html.escape(f)}" alt="scan image">' for f in record["files"]["images"])
+    settings = html.escape(", ".join(f"{k}={v}" for k, v in record["settings"].items()))
+    skipped = "".join(f"<li>class {c}: {html.escape(why)}</li>" for c, why in record["skipped_classes"].items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>smoothinv scan: {verdict}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+.verdict {{ font-size: 1.6em; padding: .4em .8em; border-radius: 6px; display: inline-block;
+  background: {'#ffebee' if verdict == 'backdoored' else '#e8f5e9'}; color: {'#b71c1c' if verdict == 'backdoored' else '#1b5e20'}; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
+tr.flag {{ background: #ffebee; font-weight: bold; }} img {{ image-rendering: pixelated; }}
+img.small {{ height: 96px; margin-right: .5em; }} figure {{ margin: 1em 0; }} code {{ background: #f4f4f4; }}
+</style></head><body>
+<h1>Backdoor scan</h1>
+<p class=verdict>{verdict}: target class(es) {html.escape(targets)}</p>
+<p>Model <code>{html.escape(str(record.get('model', {}).get('path', '')))}</code>, method <b>{html.escape(record['settings']['method'])}</b>,
+{len(record['classes'])} classes scanned in {record['timings']['total_s']:.0f} s{' (time budget reached: partial)' if record['timed_out'] else ''}.</p>
+<h2>Clean image(s)</h2><p>{images}</p>
+<h2>Best transfer ASR per class</h2>{_bar_chart(record['classes'])}
+<h2>Recovered triggers</h2>{figures}
+<h2>Per class</h2>
+<table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th></tr>{rows}</table>
+{f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}
+<h2>Decision rule</h2><p>{html.escape(record['rule'])}</p>
+<h2>Parameters</h2><p><code>{settings}</code></p>
+<p>Machine-readable results: <a href="scan.json">scan.json</a>.</p>
+</body></html>
+"""

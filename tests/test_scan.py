@@ -1,0 +1,168 @@
+"""The scan: decision rule, early stopping, verdicts on planted and clean models, report files."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PLANTED_TARGET, tiny_cnn
+from smoothinv.detection import DecisionRule, ScanSettings, scan, scan_eps
+from smoothinv.detection.decision import class_scores, flagged, robust_z
+from smoothinv.engine.early_stop import RowStopper
+from smoothinv.errors import SmoothInvError
+
+# Small but real settings: two eps, two sigmas, 100 steps.
+FAST = ScanSettings(eps=(1.0, 2.0), sigmas=(0.5, 1.0), noise_samples=4, steps=100)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Overrides conftest's: the planted models train here when this module runs alone."""
+    yield
+
+
+def test_robust_z_and_floor():
+    z = robust_z(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.9]), floor=0.05)
+    assert z.tolist() == pytest.approx([0, 0, 0, 0, 18.0])
+    z = robust_z(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]), floor=0.05)
+    assert float(z[2]) == 0.0 and float(z[4]) == pytest.approx(0.2 / (1.4826 * 0.1))
+
+
+def test_rule_flags_an_outlier_at_some_eps():
+    # eps 1: only class 3 transfers; eps 2: everyone transfers (a universal perturbation)
+    asr = torch.tensor([[0.02, 0.95], [0.01, 0.97], [0.03, 0.96], [0.92, 1.0], [0.0, 0.94]])
+    scores, z = class_scores(asr, DecisionRule())
+    assert flagged(scores, DecisionRule()) == [3]
+    assert z.shape == (5, 2) and float(z[3, 1]) < 4  # at eps 2 nobody stands out
+
+
+def test_rule_does_not_flag_universal_or_weak_transfer():
+    everyone = torch.tensor([[0.9], [0.95], [0.85], [0.97], [0.92]])
+    assert flagged(class_scores(everyone, DecisionRule())[0], DecisionRule()) == []
+    weak = torch.tensor([[0.0], [0.0], [0.25], [0.01], [0.0]])  # an outlier below min_asr
+    assert flagged(class_scores(weak, DecisionRule())[0], DecisionRule()) == []
+
+
+def test_rule_reports_several_targets():
+    asr = torch.tensor([[0.9], [0.0], [0.85], [0.02], [0.01], [0.0], [0.03]])
+    assert flagged(class_scores(asr, DecisionRule())[0], DecisionRule()) == [0, 2]
+
+
+def test_row_stopper_skips_saturated_rows_and_honours_deadline():
+    calls = []
+
+    def rows_fn(x, rows):
+        calls.append(rows.tolist())
+        prob = torch.where(rows == 0, torch.tensor(0.999), torch.tensor(0.2))
+        return -prob.log(), prob, torch.ones_like(x)
+
+    stopper = RowStopper(stop_prob=0.99)
+    fn = stopper.wrap(rows_fn)
+    x = torch.zeros(3, 1, 2, 2)
+    _, prob, grad = fn(x)
+    assert calls[-1] == [0, 1, 2]
+    loss, prob, grad = fn(x)
+    assert calls[-1] == [1, 2]  # row 0 saturated and is no longer computed
+    assert float(prob[0]) == pytest.approx(0.999) and float(grad[0].abs().sum()) == 0
+    late = RowStopper(stop_prob=None, deadline=time.perf_counter() - 1)
+    late.wrap(rows_fn)(x)
+    assert late.timed_out and calls[-1] == [1, 2]  # nothing new computed after the deadline
+
+
+def test_scan_eps_scales_with_input():
+    assert scan_eps((3, 224, 224)) == (5.0, 10.0, 20.0, 40.0)
+    assert scan_eps((3, 32, 32))[1] == pytest.approx(10 * (3072 / 150528) ** 0.5, abs=1e-3)
+
+
+def test_scan_flags_planted_target(planted):
+    model, _, x, y = planted
+    images = [x[y == 4][0]]
+    result = scan(model, images, x, y, 10, FAST)
+    assert result.verdict == "backdoored" and result.targets == [PLANTED_TARGET], [(c.label, c.score) for c in result.classes]
+    target = next(c for c in result.classes if c.label == PLANTED_TARGET)
+    assert target.best[1] > 0.8
+    assert 4 in result.skipped  # the image's own class cannot be tested with this image
+
+
+def test_scan_does_not_flag_clean_twin(planted_clean_twin):
+    model, _, x, y = planted_clean_twin
+    result = scan(model, [x[y == 4][0]], x, y, 10, FAST)
+    assert result.verdict == "clean", [(c.label, c.asr_by_eps, c.score) for c in result.classes]
+
+
+def test_scan_with_two_images_covers_every_class(planted):
+    model, _, x, y = planted
+    result = scan(model, [x[y == 4][0], x[y == 1][0]], x, y, 10, FAST, classes=[4, PLANTED_TARGET])
+    assert not result.skipped and {c.label: c.image_index for c in result.classes} == {4: 1, PLANTED_TARGET: 0}
+
+
+def test_scan_time_budget_returns_partial_verdict(planted):
+    model, _, x, y = planted
+    settings = ScanSettings(eps=(2.0,), sigmas=(0.5,), noise_samples=4, steps=400, time_budget=0.5)
+    start = time.perf_counter()
+    result = scan(model, [x[y == 4][0]], x, y, 10, settings)
+    assert result.timed_out and time.perf_counter() - start < 30
+    assert result.verdict in ("clean", "backdoored")
+
+
+def test_scan_rejects_unknown_class(planted):
+    model, _, x, y = planted
+    with pytest.raises(SmoothInvError, match="does not exist"):
+        scan(model, [x[0]], x, y, 10, FAST, classes=[12])
+
+
+def test_scan_runs_a_baseline_method():
+    from conftest import bar_data
+
+    model = tiny_cnn(classes=3)
+    images, labels = bar_data(n_per_class=10, classes=3)
+    result = scan(model, [images[0]], images, labels, 3, ScanSettings(method="nc", steps=20))
+    assert {c.label for c in result.classes} == {1, 2} or len(result.classes) == 2
+    assert all(len(c.asr_by_eps) == 1 for c in result.classes)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    from smoothinv.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["smoothinv", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
+    from smoothinv.data import save_image
+    from smoothinv.models import save_model
+
+    model, _, x, y = planted
+    save_model(tmp_path / "m.safetensors", model, arch="small_cnn", num_classes=10, input_size=(20, 20), channels=1)
+    save_image(x[y == 4][0], tmp_path / "img.png")
+    np.savez(tmp_path / "clean.npz", x=np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), y=y.numpy())
+    out = tmp_path / "scan"
+    code, stdout, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
+                                str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out", str(out),
+                                "--eps", "1,2", "--sigma", "0.5,1", "--noise-samples", "4", "--steps", "100")
+    assert code == 0, err
+    record = json.loads((out / "scan.json").read_text())
+    assert record["verdict"] == "backdoored" and record["targets"] == [PLANTED_TARGET]
+    assert len(record["classes"]) == 9 and record["skipped_classes"].keys() == {"4"}
+    assert all(len(c["runs"]) == 4 for c in record["classes"])
+    html = (out / "report.html").read_text()
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert referenced and all((out / ref).is_file() for ref in referenced), referenced
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    assert (out / f"class-{PLANTED_TARGET}" / "overview.png").is_file()
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
+                           str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
+                           str(tmp_path / "scan2"), "--classes", "3,99")
+    assert code == 2 and err.startswith("error:") and not Path(tmp_path / "scan2").exists()
