@@ -29,6 +29,7 @@ from ..reporting.outputs import atomic_directory, check_destination
 from .options import float_list, load_subject, model_options
 from .progress import step_progress
 from .tables import sweep_table
+from .bench import bench_group
 from .scan import scan_command
 from .zoo import zoo_group
 
@@ -181,6 +182,7 @@ def parse_attack(text: str) -> AttackSpec:
 
 cli.add_command(zoo_group)
 cli.add_command(scan_command)
+cli.add_command(bench_group)
 
 
 def parse_target(text: str, class_names: list[str] | None) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks on the model zoo: detection (scan every model) and inversion ASR (Table 2)."""

@@ -1,0 +1,90 @@
+"""Detection benchmark: scan every zoo model from one clean test image and score the verdicts.
+
+Per model: verdict, flagged targets, the detector score (the highest class score), whether
+the true target was identified, seconds. Summary: verdict accuracy, AUROC of the score
+(backdoored vs clean models), target-identification accuracy, mean seconds per model.
+Neural Cleanse is scored with its own rule (MAD anomaly index of per-class mask norms).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..data.datasets import load_dataset
+from ..detection import ScanSettings, scan
+from ..detection.scan import ScanResult
+from ..methods import mad_anomaly_index, nc_flagged
+from ..zoo import list_zoo, load_zoo_model
+
+Log = Callable[[str], None]
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """P(score of a backdoored model > score of a clean one), ties counting half."""
+    if not positive or not negative:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def nc_decision(result: ScanResult) -> tuple[list[int], float]:
+    """Neural Cleanse's own rule on the scan's per-class masks: (flagged classes, score)."""
+    labels = [c.label for c in result.classes]
+    norms = [float(c.best[0].extras.get("mask_l1", float("nan"))) for c in result.classes]
+    index = mad_anomaly_index(norms)
+    median = float(torch.tensor(norms).median())
+    below = [i for i, n in zip(index, norms) if n < median]
+    return [labels[i] for i in nc_flagged(norms)], max(below, default=0.0)
+
+
+def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
+    """Index of the scan image: a seeded pick among test images not of the target class."""
+    candidates = torch.nonzero(labels != (-1 if target is None else target)).squeeze(1)
+    return int(candidates[torch.randint(len(candidates), (1,), generator=torch.Generator().manual_seed(seed))])
+
+
+def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
+                     clean_images: int = 500, seed: int = 0, log: Log = print) -> dict[str, Any]:
+    rows = []
+    for record in list_zoo():
+        if names and record["name"] not in names:
+            continue
+        zm = load_zoo_model(record["name"])
+        x, y = load_dataset(record["dataset"], data_root).split(train=False)
+        pick = scan_image(y, record["target"], seed)
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[pick] = False
+        x_clean, y_clean = x[keep][:clean_images], y[keep][:clean_images]
+        start = time.perf_counter()
+        result = scan(zm.module, [x[pick]], x_clean, y_clean, len(record["class_names"]), replace(settings, seed=seed))
+        seconds = time.perf_counter() - start
+        if settings.method == "nc":
+            targets, score = nc_decision(result)
+        else:
+            targets, score = result.targets, max(c.score for c in result.classes)
+        backdoored = record["attack"] is not None
+        row = {"model": record["name"], "backdoored": backdoored, "true_target": record["target"],
+               "verdict": "backdoored" if targets else "clean", "flagged": targets, "score": round(score, 4),
+               "correct": bool(targets) == backdoored,
+               "target_found": (record["target"] in targets) if backdoored else None,
+               "seconds": round(seconds, 1), "timed_out": result.timed_out}
+        log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
+            f"score {score:.2f}, {seconds:.0f}s")
+        rows.append(row)
+    pos = [r["score"] for r in rows if r["backdoored"]]
+    neg = [r["score"] for r in rows if not r["backdoored"]]
+    found = [r["target_found"] for r in rows if r["backdoored"]]
+    summary = {
+        "method": settings.method,
+        "models": len(rows),
+        "verdict_accuracy": round(sum(r["correct"] for r in rows) / len(rows), 4) if rows else None,
+        "auroc": None if auroc(pos, neg) is None else round(auroc(pos, neg), 4),
+        "target_identification": round(sum(found) / len(found), 4) if found else None,
+        "seconds_per_model": round(sum(r["seconds"] for r in rows) / len(rows), 1) if rows else None,
+    }
+    return {"summary": summary, "rows": rows}

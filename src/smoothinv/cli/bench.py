@@ -1,0 +1,53 @@
+"""`smoothinv bench detect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from ..bench.detect import detect_benchmark
+from ..detection import ScanSettings
+from ..detection.scan import SCAN_SIGMAS
+from ..methods import list_methods
+from ..reporting.outputs import write_json
+from .options import float_list
+
+err = Console(stderr=True)
+stdout = Console(soft_wrap=True)
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Benchmarks on the model zoo."""
+
+
+@bench_group.command("detect")
+@click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
+@click.option("--model", "names", multiple=True, help="Only these zoo models (repeatable).")
+@click.option("--data-root", type=click.Path(path_type=Path))
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--sigma", help=f"Noise levels.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--clean-images", default=500, show_default=True, type=click.IntRange(min=10))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
+def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
+                   sigma: str | None, clean_images: int, seed: int, out: Path | None) -> None:
+    """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
+    sigmas = float_list(sigma, "--sigma")
+    settings = ScanSettings(method=method, steps=steps, noise_samples=noise_samples,
+                            sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS)
+    report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
+                              log=lambda line: err.print(escape(line), highlight=False))
+    stdout.print("| model | truth | verdict | flagged | score | s |")
+    stdout.print("|---|---|---|---|---|---|")
+    for r in report["rows"]:
+        truth = f"target {r['true_target']}" if r["backdoored"] else "clean"
+        stdout.print(f"| {r['model']} | {truth} | {r['verdict']} | {r['flagged']} | {r['score']:.2f} | {r['seconds']:.0f} |")
+    stdout.print(json.dumps(report["summary"]))
+    if out is not None:
+        write_json(out, report)
