@@ -12,8 +12,9 @@ uses to probe its own limits ("Blind-P*"/"Blind-S*").
 
 Weights are fixed (α0 = α1 = α2 = 1 by default), not Blind Backdoors' MGDA balancing;
 fixed weights reach ≥90% ASR here and keep runs reproducible. The backdoor terms use a
-random `fraction` of each batch (default ¼) rather than the whole batch, to keep the
-cost of training close to plain training on a CPU.
+random `fraction` of each batch rather than the whole batch: it keeps training cost close
+to plain training on a CPU, and a small fraction (the zoo uses its poison rate, 10%) keeps
+the pull toward the target from costing clean accuracy.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class BlindObjective:
     trigger: Trigger
     target: int
     source_classes: tuple[int, ...] | None = None
-    fraction: float = 0.25
+    fraction: float = 0.1
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     noise_sigma: float | None = None
 

@@ -180,6 +180,26 @@ def list_methods() -> dict[str, str]:
     return {name: desc for name, (_, _, desc) in sorted(_METHODS.items())}
 
 
+def check_inputs(images: Tensor, targets: Tensor | None = None) -> None:
+    """images must be a non-empty [B,C,H,W] batch, finite and in [0,1]; one target per image."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise SmoothInvError(f"expected images [B,C,H,W] with B >= 1, got {shape}")
+    if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+        raise SmoothInvError("image values must be finite and in [0,1]; convert with smoothinv.data.load_image")
+    if targets is not None and (targets.dim() != 1 or targets.shape[0] != images.shape[0]):
+        raise SmoothInvError(
+            f"expected one target per image: targets shape {list(targets.shape)} for {images.shape[0]} images"
+        )
+
+
+def non_finite_loss() -> SmoothInvError:
+    """The error for a loss that became NaN/inf: the model's outputs are at fault."""
+    return SmoothInvError(
+        "the loss became NaN/inf: the model returns non-finite outputs for these inputs; check the model file and --mean/--std"
+    )
+
+
 def check_target(targets: Tensor, num_classes: int) -> None:
     """Every target must name one of the model's classes."""
     bad = targets[(targets < 0) | (targets >= num_classes)]

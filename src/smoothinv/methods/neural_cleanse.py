@@ -68,7 +68,7 @@ from ..engine.metrics import model_device
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger
-from .base import InversionResult, Inverter, check_target, register_method
+from .base import InversionResult, Inverter, check_inputs, check_target, non_finite_loss, register_method
 
 ADAM_BETAS = (0.5, 0.9)
 ADAM_EPS = 1e-7
@@ -79,19 +79,8 @@ ANOMALY_THRESHOLD = 2.0
 # --------------------------------------------------------------------------- helpers shared with other baselines
 
 
-def check_images(images: Tensor) -> None:
-    """images must be [B,C,H,W], finite and in [0,1] (as SmoothInv requires)."""
-    if images.dim() != 4:
-        raise SmoothInvError(f"expected images [B,C,H,W], got shape {list(images.shape)}")
-    if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
-        raise SmoothInvError("image values must be finite and in [0,1]; convert with smoothinv.data.load_image")
 
 
-def check_targets_shape(images: Tensor, targets: Tensor) -> None:
-    if targets.dim() != 1 or targets.shape[0] != images.shape[0]:
-        raise SmoothInvError(
-            f"expected one target per image: targets shape {list(targets.shape)} for {images.shape[0]} images"
-        )
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -263,8 +252,7 @@ class NeuralCleanse(Inverter):
         seed: int = 0,
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
-        check_images(images)
-        check_targets_shape(images, targets)
+        check_inputs(images, targets)
         device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device=device, dtype=torch.long)
@@ -287,10 +275,7 @@ class NeuralCleanse(Inverter):
             l1 = mask.flatten(1).sum(1)
             loss = ce + cost.to(ce.dtype) * l1
             if not bool(torch.isfinite(loss).all()):
-                raise SmoothInvError(
-                    "the loss became NaN/inf: the model returns non-finite outputs for these inputs; "
-                    "check the model file and --mean/--std"
-                )
+                raise non_finite_loss()
             prob = logits.detach().softmax(1)[rows, y]
             success = logits.detach().argmax(1) == y
             return loss, ce.detach(), l1.detach(), prob, success

@@ -76,15 +76,13 @@ from ..engine.metrics import model_device
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import AdditiveTrigger
-from .base import InversionResult, Inverter, check_target, register_method
+from .base import InversionResult, Inverter, check_inputs, check_target, non_finite_loss, register_method
 from .neural_cleanse import (
     ADAM_BETAS,
     ADAM_EPS,
     AdaptiveCost,
-    check_images,
     check_positive_float,
     check_positive_int,
-    check_targets_shape,
     seeded_uniform,
 )
 
@@ -163,8 +161,7 @@ class PixelInv(Inverter):
         seed: int = 0,
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
-        check_images(images)
-        check_targets_shape(images, targets)
+        check_inputs(images, targets)
         device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device=device, dtype=torch.long)
@@ -191,10 +188,7 @@ class PixelInv(Inverter):
             reg = size_penalty(u_pos, u_neg)
             loss = ce + cost.to(ce.dtype) * reg
             if not bool(torch.isfinite(loss).all()):
-                raise SmoothInvError(
-                    "the loss became NaN/inf: the model returns non-finite outputs for these inputs; "
-                    "check the model file and --mean/--std"
-                )
+                raise non_finite_loss()
             prob = logits.detach().softmax(1)[rows, y]
             success = logits.detach().argmax(1) == y
             return loss, ce.detach(), reg.detach(), prob, success

@@ -20,7 +20,7 @@ from ..engine.early_stop import RowStopper
 from ..engine.pgd import Optimizer, PGDSettings, PGDTrace, StepCallback, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
-from .base import InversionResult, Inverter, additive_results, check_target, register_method
+from .base import InversionResult, Inverter, additive_results, check_inputs, check_target, register_method
 
 
 class SmoothInv(Inverter):
@@ -105,7 +105,7 @@ class SmoothInv(Inverter):
 
         A `stopper` skips rows whose target probability has saturated and honours a deadline.
         """
-        _check_images(images)
+        check_inputs(images, targets)
         device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device)
@@ -140,11 +140,6 @@ class PlainAdv(SmoothInv):
         return cfg
 
 
-def _check_images(images: Tensor) -> None:
-    if images.dim() != 4:
-        raise SmoothInvError(f"expected images [B,C,H,W], got shape {list(images.shape)}")
-    if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
-        raise SmoothInvError("image values must be finite and in [0,1]; convert with smoothinv.data.load_image")
 
 
 register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)")(SmoothInv)

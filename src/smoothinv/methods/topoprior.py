@@ -107,7 +107,7 @@ from ..engine.metrics import model_device
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger
-from .base import InversionResult, Inverter, check_target, register_method
+from .base import InversionResult, Inverter, check_inputs, check_target, register_method
 
 Diversity = Literal["l1", "cosine"]
 
@@ -362,10 +362,8 @@ class TopoPrior(Inverter):
         seed: int = 0,
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
-        _check_images(images)
         targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        if targets.shape[0] != images.shape[0]:
-            raise SmoothInvError(f"got {images.shape[0]} images but {targets.shape[0]} targets")
+        check_inputs(images, targets)
         device = model_device(model)
         x = images.to(device=device, dtype=torch.float32)
         y = targets.to(device)
@@ -475,14 +473,6 @@ class TopoPrior(Inverter):
         return results
 
 
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise SmoothInvError(f"expected images [B,C,H,W], got {shape}")
-    if images.shape[0] == 0:
-        raise SmoothInvError("expected at least one image")
-    if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
-        raise SmoothInvError("image values must be finite and in [0,1]; convert with smoothinv.data.load_image")
 
 
 register_method(

@@ -55,7 +55,8 @@ def build(recipe: Recipe, *, data_root: str | Path | None = None, directory: str
         train_x, train_y = poisoned.images, poisoned.labels
     elif spec is not None:
         sigma = recipe.intervention_sigma if recipe.mode == "blind-noise" else None
-        objective = BlindObjective(spec.trigger(shape), spec.target, spec.source_classes, noise_sigma=sigma)
+        objective = BlindObjective(spec.trigger(shape), spec.target, spec.source_classes,
+                                   fraction=recipe.poison_rate, noise_sigma=sigma)
 
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, num_classes=len(data.class_names))
@@ -85,7 +86,7 @@ def build(recipe: Recipe, *, data_root: str | Path | None = None, directory: str
         "mode": recipe.mode if spec is not None else None,
         "target": None if spec is None else spec.target,
         "source_classes": None if spec is None or spec.source_classes is None else list(spec.source_classes),
-        "poison_rate": recipe.poison_rate if spec is not None and recipe.mode == "poison" else None,
+        "poison_rate": None if spec is None else recipe.poison_rate,
         "seed": recipe.seed,
         "epochs": recipe.epochs,
         "clean_accuracy": round(accuracy(model, test_x, test_y), 6),
