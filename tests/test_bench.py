@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from smoothinv.bench.detect import auroc, nc_decision, scan_image

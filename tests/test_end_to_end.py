@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from smoothinv.engine.metrics import accuracy, attack_success_rate
 from smoothinv.engine.sweep import Grid, run_sweep

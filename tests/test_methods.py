@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import bar_data, tiny_cnn
 from smoothinv.engine.pgd import PGDSettings
