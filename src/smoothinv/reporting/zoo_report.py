@@ -10,7 +10,8 @@ Backdoored models with known triggers and targets, and clean twins, built by
 `smoothinv zoo build` from the recipes in `src/smoothinv/zoo/recipes.py`. Weights (safetensors),
 `manifest.json` and an example triggered image per model are in `src/smoothinv/zoo/store/`.
 
-Regenerate this page (it re-measures every number below from the stored weights):
+Regenerate this page with the command below. The model table comes from `manifest.json`,
+written when each model was built; the sanity table is measured anew from the stored weights.
 
     smoothinv zoo report --out docs/zoo.md
 
