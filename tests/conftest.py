@@ -31,6 +31,26 @@ def tiny_cnn(channels: int = 3, classes: int = 3, seed: int = 0) -> nn.Module:
         nn.Linear(4 * 4 * 4, classes),
     ).eval()
 
+@pytest.fixture(scope="module")
+def trained():
+    """tiny_cnn trained on 3-channel bar data (noise-augmented), >= 90% accurate: (model, images, labels)."""
+    from smoothinv.training import train_classifier
+
+    images, labels = bar_data()
+    model = tiny_cnn(seed=1)
+    train_classifier(model, images, labels, epochs=10, batch_size=30, lr=0.1, noise_sigma=0.3, seed=0)
+    with torch.no_grad():
+        assert float((model(images).argmax(1) == labels).float().mean()) >= 0.9
+    return model, images, labels
+
+
+@pytest.fixture(scope="module")
+def image(trained):
+    """A class-0 image [3,8,8] of the bar data."""
+    _, images, labels = trained
+    return images[labels == 0][0]
+
+
 def bar_data(n_per_class: int = 40, classes: int = 3, channels: int = 3, seed: int = 0):
     """C×8×8 images: class c has a bright horizontal bar on rows 2c, 2c+1."""
     g = torch.Generator().manual_seed(seed)

@@ -8,11 +8,9 @@ import json
 import pytest
 import torch
 
-from conftest import bar_data, tiny_cnn
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods.base import get_method, list_methods, method_options
 from smoothinv.methods.topoprior import TopoPrior, count_components, persistence_0d, topological_loss
-from smoothinv.training import train_classifier
 from smoothinv.triggers import MaskedTrigger
 
 W = 8  # width of the hand-made masks
@@ -153,22 +151,6 @@ def test_topological_gradient_lowers_the_weaker_blob_and_spares_the_main_one():
 
 
 # --------------------------------------------------------------------------- the method
-
-
-@pytest.fixture(scope="module")
-def trained():
-    images, labels = bar_data()
-    model = tiny_cnn(seed=1)
-    train_classifier(model, images, labels, epochs=10, batch_size=30, lr=0.1, noise_sigma=0.3, seed=0)
-    with torch.no_grad():
-        assert float((model(images).argmax(1) == labels).float().mean()) >= 0.9
-    return model, images, labels
-
-
-@pytest.fixture(scope="module")
-def image(trained):
-    _, images, labels = trained
-    return images[labels == 0][0]
 
 
 STEPS = 40

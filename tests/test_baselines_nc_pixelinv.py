@@ -8,31 +8,13 @@ import math
 import pytest
 import torch
 
-from conftest import bar_data, tiny_cnn
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods.base import get_method, list_methods, method_class, method_options
 from smoothinv.methods.neural_cleanse import AdaptiveCost, NeuralCleanse, mad_anomaly_index, nc_flagged
 from smoothinv.methods.pixelinv import PRUNE_THRESHOLD, PixelInv
-from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger, MaskedTrigger
 
 STEPS = 100
-
-
-@pytest.fixture(scope="module")
-def trained():
-    images, labels = bar_data()
-    model = tiny_cnn(seed=1)
-    train_classifier(model, images, labels, epochs=10, batch_size=30, lr=0.1, noise_sigma=0.3, seed=0)
-    with torch.no_grad():
-        assert float((model(images).argmax(1) == labels).float().mean()) >= 0.9
-    return model, images, labels
-
-
-@pytest.fixture(scope="module")
-def image(trained):
-    _, images, labels = trained
-    return images[labels == 0][0]
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,11 @@ import math
 import pytest
 import torch
 
-from conftest import bar_data, tiny_cnn
 from smoothinv.engine.pgd import PGDSettings
 from smoothinv.engine.smoothing import SmoothedClassifier
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods import InversionResult, PlainAdv, SmoothInv, get_method, list_methods
 from smoothinv.methods.base import check_target, method_options
-from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger
 
 
@@ -22,23 +20,6 @@ from smoothinv.triggers import AdditiveTrigger
 
 
 
-
-
-@pytest.fixture(scope="module")
-def trained():
-    images, labels = bar_data()
-    model = tiny_cnn(seed=1)
-    train_classifier(model, images, labels, epochs=10, batch_size=30, lr=0.1, noise_sigma=0.3, seed=0)
-    with torch.no_grad():
-        acc = float((model(images).argmax(1) == labels).float().mean())
-    assert acc >= 0.9
-    return model, images, labels
-
-
-@pytest.fixture(scope="module")
-def image(trained):
-    _, images, labels = trained
-    return images[labels == 0][0]  # a class-0 image [3,8,8]
 
 
 def small(name="smoothinv", **kw):
