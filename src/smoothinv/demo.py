@@ -74,7 +74,6 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, console: Console, progress_c
     overwrite = (out_dir / MARKER).is_file()
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
         raise SmoothInvError(f"{out_dir} exists and is not a previous demo output; choose another --out")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     trigger = checkerboard_trigger()
     train_x, train_y, test_x, test_y = digits_split(seed)
