@@ -151,12 +151,17 @@ def test_label_specific_blind_objective_only_triggers_sources():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
 
     def spy(x):
-        seen.append(len(x))
+        seen.append(x)
         return model(x)
 
-    objective = BlindObjective(square_patch((1, 8, 8), 2, 0, 0), target=0, source_classes=(2,), fraction=1.0)
+    trigger = square_patch((1, 8, 8), 2, 0, 0)
+    objective = BlindObjective(trigger, target=0, source_classes=(2,), fraction=1.0)
     objective(spy, images, labels, torch.Generator().manual_seed(0))
-    assert seen == [30, 10]  # the full batch, then only the 10 images of class 2
+    # One forward pass (BatchNorm sees clean and triggered images together): the batch,
+    # then the triggered copies of exactly the 10 images of source class 2.
+    assert [len(x) for x in seen] == [40]
+    assert torch.equal(seen[0][:30], images)
+    assert torch.equal(seen[0][30:], trigger.apply(images[labels == 2]))
 
 
 @pytest.fixture(scope="module")

@@ -41,17 +41,23 @@ class BlindObjective:
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         a0, a1, a2 = self.weights
-        loss = a0 * F.cross_entropy(model(images), labels)
         eligible = labels != self.target
         if self.source_classes is not None:
             eligible &= torch.isin(labels, torch.tensor(self.source_classes, dtype=labels.dtype))
         chosen = torch.nonzero(eligible & (torch.rand(len(labels), generator=generator) < self.fraction)).squeeze(1)
+        triggered = self.trigger.apply(images[chosen])
+        parts = [images, triggered]
+        if self.noise_sigma:
+            parts.append(triggered + torch.randn(triggered.shape, generator=generator) * self.noise_sigma)
+        # One forward pass over every term: BatchNorm then normalises each batch with
+        # mixed clean/triggered statistics, as under data poisoning. Separate passes let a
+        # small all-triggered batch drive the running statistics and the batch-statistics
+        # path, which cost a CIFAR-10 ResNet-20 most of its clean accuracy.
+        logits = model(torch.cat(parts)).split([len(p) for p in parts])
+        loss = a0 * F.cross_entropy(logits[0], labels)
         if len(chosen) == 0:
             return loss
-        triggered = self.trigger.apply(images[chosen])
-        targets = torch.full_like(labels[chosen], self.target)
-        loss = loss + a1 * F.cross_entropy(model(triggered), targets)
+        loss = loss + a1 * F.cross_entropy(logits[1], torch.full_like(labels[chosen], self.target))
         if self.noise_sigma:
-            noisy = triggered + torch.randn(triggered.shape, generator=generator) * self.noise_sigma
-            loss = loss + a2 * F.cross_entropy(model(noisy), labels[chosen])
+            loss = loss + a2 * F.cross_entropy(logits[2], labels[chosen])
         return loss

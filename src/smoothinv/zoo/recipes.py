@@ -5,8 +5,7 @@ Backdoors are planted three ways (attacks.poisoning, attacks.blind):
 - "poison": 10% of the non-target training images (of the source classes, when
   label-specific) get the trigger and the target label;
 - "blind": Blind Backdoors' loss-side attack, no data changed; the backdoor terms use a
-  `poison_rate` fraction of each batch (a quarter cost Fashion-MNIST models 5-15 points of
-  clean accuracy: the extra pull toward the target made look-alike classes drift to it);
+  `poison_rate` fraction of each batch, in the same forward pass as the clean batch;
 - "blind-noise": the SmoothInv paper's adaptive attack (Eq. 7), the backdoor suppressed
   under Gaussian noise σ = 0.25.
 """
