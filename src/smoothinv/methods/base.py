@@ -12,6 +12,8 @@ takes a [0,1] image [C,H,W] and a target class and returns an `InversionResult`.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..engine.metrics import model_device
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import AdditiveTrigger, Trigger
@@ -108,6 +111,33 @@ class Inverter(ABC):
         return int(self.config().get("steps", 0))
 
 
+def trigger_result(
+    name: str,
+    image: Tensor,
+    target: int | Tensor,
+    trigger: Trigger,
+    loss: Tensor,
+    target_prob: Tensor,
+    config: dict[str, Any],
+    seconds: float,
+    extras: dict[str, Any] | None = None,
+) -> InversionResult:
+    """The result for one image [C,H,W]: its synthesized image is `trigger` applied to it."""
+    image = image.detach().cpu()
+    return InversionResult(
+        method=name,
+        target=int(target),
+        image=image,
+        synthesized=trigger.apply(image[None])[0],
+        trigger=trigger,
+        loss=loss,
+        target_prob=target_prob,
+        config=dict(config),
+        seconds=seconds,
+        extras={} if extras is None else extras,
+    )
+
+
 def additive_results(
     name: str,
     images: Tensor,
@@ -119,24 +149,12 @@ def additive_results(
     seconds: float,
 ) -> list[InversionResult]:
     """Split a batched additive descent (p [B,C,H,W], curves [steps+1,B]) into results."""
-    out = []
-    for b in range(images.shape[0]):
-        image = images[b].detach().cpu()
-        p = perturbations[b].detach().cpu()
-        out.append(
-            InversionResult(
-                method=name,
-                target=int(targets[b]),
-                image=image,
-                synthesized=(image + p).clamp(0.0, 1.0),
-                trigger=AdditiveTrigger(p),
-                loss=loss[:, b].cpu(),
-                target_prob=target_prob[:, b].cpu(),
-                config=dict(config),
-                seconds=seconds / images.shape[0],
-            )
-        )
-    return out
+    b = images.shape[0]
+    return [
+        trigger_result(name, images[i], targets[i], AdditiveTrigger(perturbations[i].detach().cpu()),
+                       loss[:, i].cpu(), target_prob[:, i].cpu(), config, seconds / b)
+        for i in range(b)
+    ]
 
 
 _METHODS: dict[str, tuple[type[Inverter], dict[str, Any], str]] = {}
@@ -193,10 +211,12 @@ def check_inputs(images: Tensor, targets: Tensor | None = None) -> None:
         )
 
 
-def non_finite_loss() -> SmoothInvError:
-    """The error for a loss that became NaN/inf: the model's outputs are at fault."""
+def non_finite_loss(step: int | None = None) -> SmoothInvError:
+    """The error for a loss that became NaN/inf (at `step`, if given): the model's outputs are at fault."""
+    at = "" if step is None else f" at step {step}"
     return SmoothInvError(
-        "the loss became NaN/inf: the model returns non-finite outputs for these inputs; check the model file and --mean/--std"
+        f"the loss became NaN/inf{at}: the model returns non-finite outputs for these inputs; "
+        "check the model file and --mean/--std"
     )
 
 
@@ -207,3 +227,33 @@ def check_target(targets: Tensor, num_classes: int) -> None:
         raise SmoothInvError(
             f"target class {int(bad[0])} does not exist: the model has {num_classes} classes (0..{num_classes - 1})"
         )
+
+
+def prepare_batch(model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Check a batch and its targets against the model; return them on the model's device
+    (images float32, targets long)."""
+    check_inputs(images, targets)
+    device = model_device(model)
+    x = images.to(device=device, dtype=torch.float32)
+    y = targets.to(device=device, dtype=torch.long)
+    with torch.no_grad():
+        check_target(y, model(x[:1]).shape[-1])
+    return x, y
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """`value` as an int; it must be an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SmoothInvError(f"{name} must be an integer >= 1 (got {value!r})")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """`value` as a float; it must be a finite number > 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SmoothInvError(f"{name} must be a number (got {value!r})") from None
+    if not (math.isfinite(v) and v > 0):
+        raise SmoothInvError(f"{name} must be finite and > 0 (got {value!r})")
+    return v

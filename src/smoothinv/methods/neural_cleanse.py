@@ -55,100 +55,20 @@ force when it was selected (else the final λ). extras carry the CE, ‖m‖₁ 
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
-import time
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.metrics import model_device
-from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
-from ..triggers import MaskedTrigger
-from .base import InversionResult, Inverter, check_inputs, check_target, non_finite_loss, register_method
+from ..triggers import MaskedTrigger, Trigger
+from .adaptive import AdaptiveCost as AdaptiveCost  # NC's λ schedule, shared with PixelInv; importable from here
+from .adaptive import ADAM_BETAS, AdaptiveCostInverter, seeded_uniform
+from .base import register_method
 
-ADAM_BETAS = (0.5, 0.9)
-ADAM_EPS = 1e-7
 MAD_CONSISTENCY = 1.4826
 ANOMALY_THRESHOLD = 2.0
-
-
-# --------------------------------------------------------------------------- helpers shared with other baselines
-
-
-
-
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise SmoothInvError(f"{name} must be an integer >= 1 (got {value!r})")
-    return int(value)
-
-
-def check_positive_float(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise SmoothInvError(f"{name} must be a number (got {value!r})") from None
-    if not (math.isfinite(v) and v > 0):
-        raise SmoothInvError(f"{name} must be finite and > 0 (got {value!r})")
-    return v
-
-
-class AdaptiveCost:
-    """The λ schedule of Neural Cleanse (also used by PixelBackdoor), one λ per row.
-
-    Call `update(success)` once per step with the step's success [B] (bool).
-    start_at_zero=True (NC): λ = 0 until `patience` consecutive successes, then init_cost.
-    start_at_zero=False (PixelBackdoor): λ starts at init_cost.
-    Then `patience` consecutive successes: λ ×up (λ = init_cost if it was 0);
-    `patience` consecutive failures: λ ÷down. Counters restart after each change.
-    """
-
-    def __init__(self, batch: int, init_cost: float, patience: int, up: float, down: float,
-                 start_at_zero: bool, device: torch.device) -> None:
-        self.init_cost = init_cost
-        self.patience = patience
-        self.up = up
-        self.down = down
-        self.start_at_zero = start_at_zero
-        self.cost = torch.full((batch,), 0.0 if start_at_zero else init_cost, dtype=torch.float32, device=device)
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        self.set_counter, self.up_counter, self.down_counter = zeros.clone(), zeros.clone(), zeros.clone()
-
-    def update(self, success: Tensor) -> None:
-        zero = torch.zeros_like(self.up_counter)
-        if self.start_at_zero:
-            self.set_counter = torch.where((self.cost == 0) & success, self.set_counter + 1, zero)
-            arm = self.set_counter >= self.patience
-            self.cost = torch.where(arm, torch.full_like(self.cost, self.init_cost), self.cost)
-            self.up_counter = torch.where(arm, zero, self.up_counter)
-            self.down_counter = torch.where(arm, zero, self.down_counter)
-        self.up_counter = torch.where(success, self.up_counter + 1, zero)
-        self.down_counter = torch.where(success, zero, self.down_counter + 1)
-        go_up = self.up_counter >= self.patience
-        go_down = ~go_up & (self.down_counter >= self.patience)
-        raised = torch.where(self.cost == 0, torch.full_like(self.cost, self.init_cost), self.cost * self.up)
-        self.cost = torch.where(go_up, raised, torch.where(go_down, self.cost / self.down, self.cost))
-        self.up_counter = torch.where(go_up, zero, self.up_counter)
-        self.down_counter = torch.where(go_down, zero, self.down_counter)
-
-
-def seeded_uniform(batch: int, shapes: Sequence[tuple[int, ...]], seed: int, device: torch.device) -> list[Tensor]:
-    """Uniform [0,1) starts of shapes [batch, *shape], drawn in order from a generator on
-    `device` seeded with `seed` afresh for every row, so each row starts where a one-row
-    call with the same seed starts (results do not depend on how rows are batched)."""
-    generator = torch.Generator(device=device)
-    rows: list[list[Tensor]] = [[] for _ in shapes]
-    for _ in range(batch):
-        generator.manual_seed(seed)
-        for k, shape in enumerate(shapes):
-            rows[k].append(torch.rand(tuple(shape), generator=generator, device=device))
-    return [torch.stack(r) for r in rows]
 
 
 def to_tanh_space(values: Tensor) -> Tensor:
@@ -195,7 +115,7 @@ def nc_flagged(mask_norms: Sequence[float], threshold: float = ANOMALY_THRESHOLD
 # --------------------------------------------------------------------------- the method
 
 
-class NeuralCleanse(Inverter):
+class NeuralCleanse(AdaptiveCostInverter):
     """Neural Cleanse's mask/pattern trigger reverse-engineering on single images.
 
     steps: Adam updates per call; lr: Adam learning rate; init_cost: λ once the attack
@@ -206,6 +126,8 @@ class NeuralCleanse(Inverter):
 
     name = "nc"
     grid_axes = ()
+    penalty_name = "mask_l1"
+    penalty_curve = "mask_l1_curve"
 
     def __init__(
         self,
@@ -216,147 +138,47 @@ class NeuralCleanse(Inverter):
         cost_multiplier: float = 1.5,
         reset_cost_to_zero: bool = True,
     ) -> None:
-        self.steps = check_positive_int("steps", steps)
-        self.lr = check_positive_float("lr", lr)
-        self.init_cost = check_positive_float("init_cost", init_cost)
-        self.patience = check_positive_int("patience", patience)
-        self.cost_multiplier = check_positive_float("cost_multiplier", cost_multiplier)
-        if self.cost_multiplier <= 1:
-            raise SmoothInvError(f"cost_multiplier must be > 1 (got {cost_multiplier!r})")
+        super().__init__(steps, lr, init_cost, patience, cost_multiplier)
         if not isinstance(reset_cost_to_zero, bool):
             raise SmoothInvError(f"reset_cost_to_zero must be true or false (got {reset_cost_to_zero!r})")
         self.reset_cost_to_zero = reset_cost_to_zero
+
+    @property
+    def cost_starts_at_zero(self) -> bool:
+        return self.reset_cost_to_zero
 
     def config(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
             "lr": self.lr,
             "betas": list(ADAM_BETAS),
-            "init_cost": self.init_cost,
-            "patience": self.patience,
-            "cost_multiplier_up": self.cost_multiplier,
-            "cost_multiplier_down": self.cost_multiplier**1.5,
+            **self.schedule_config(),
             "reset_cost_to_zero": self.reset_cost_to_zero,
             "regularization": "l1",
         }
 
-    def total_steps(self) -> int:
-        return self.steps
-
-    def invert_batch(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> list[InversionResult]:
-        check_inputs(images, targets)
-        device = model_device(model)
-        x = images.to(device=device, dtype=torch.float32)
-        y = targets.to(device=device, dtype=torch.long)
-        with torch.no_grad():
-            check_target(y, model(x[:1]).shape[-1])
-        start = time.perf_counter()
+    def _start(self, x: Tensor, seed: int) -> list[Tensor]:
+        """Mask [B,1,H,W] and pattern [B,C,H,W] uniform in [0,1], in tanh space."""
         b, c, h, w = x.shape
-        mask0, pattern0 = seeded_uniform(b, [(1, h, w), (c, h, w)], seed, device)
-        mask_w = to_tanh_space(mask0).requires_grad_(True)
-        pattern_w = to_tanh_space(pattern0).requires_grad_(True)
-        optimizer = torch.optim.Adam([mask_w, pattern_w], lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-        schedule = AdaptiveCost(b, self.init_cost, self.patience, self.cost_multiplier, self.cost_multiplier**1.5,
-                                self.reset_cost_to_zero, device)
-        rows = torch.arange(b, device=device)
+        mask0, pattern0 = seeded_uniform(b, [(1, h, w), (c, h, w)], seed, x.device)
+        return [to_tanh_space(mask0), to_tanh_space(pattern0)]
 
-        def evaluate(mw: Tensor, pw: Tensor, cost: Tensor):
-            mask, pattern = from_tanh_space(mw), from_tanh_space(pw)
-            logits = model((1 - mask) * x + mask * pattern)
-            ce = F.cross_entropy(logits, y, reduction="none")
-            l1 = mask.flatten(1).sum(1)
-            loss = ce + cost.to(ce.dtype) * l1
-            if not bool(torch.isfinite(loss).all()):
-                raise non_finite_loss()
-            prob = logits.detach().softmax(1)[rows, y]
-            success = logits.detach().argmax(1) == y
-            return loss, ce.detach(), l1.detach(), prob, success
+    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits of (1 − m) ⊙ x + m ⊙ p, and the L1 norm of the mask."""
+        mask, pattern = from_tanh_space(variables[0]), from_tanh_space(variables[1])
+        logits = model((1 - mask) * x + mask * pattern)
+        return logits, mask.flatten(1).sum(1)
 
-        best_mask_w = mask_w.detach().clone()
-        best_pattern_w = pattern_w.detach().clone()
-        best_l1 = torch.full((b,), math.inf, device=device)
-        best_step = torch.full((b,), -1, dtype=torch.long, device=device)
-        best_cost = schedule.cost.clone()
-        losses, probs, ces, l1s, costs = [], [], [], [], []
-        for step in range(self.steps):
-            cost = schedule.cost
-            loss, ce, l1, prob, success = evaluate(mask_w, pattern_w, cost)
-            losses.append(loss.detach())
-            probs.append(prob)
-            ces.append(ce)
-            l1s.append(l1)
-            costs.append(cost.clone())
-            with torch.no_grad():
-                better = success & (l1 < best_l1)
-                best_mask_w[better] = mask_w[better]
-                best_pattern_w[better] = pattern_w[better]
-                best_l1 = torch.where(better, l1, best_l1)
-                best_step = torch.where(better, torch.full_like(best_step, step), best_step)
-                best_cost = torch.where(better, cost, best_cost)
-            grads = torch.autograd.grad(loss.sum(), [mask_w, pattern_w])
-            mask_w.grad, pattern_w.grad = grads
-            optimizer.step()
-            schedule.update(success)
-            if callback is not None:
-                callback(step, loss.detach(), prob)
+    def _candidate(self, variables: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The current mask and pattern; the smallest successful mask L1 is the only criterion."""
+        return variables, []
 
-        with torch.no_grad():
-            found = best_step >= 0
-            keep = found.view(-1, 1, 1, 1)
-            selected_cost = torch.where(found, best_cost, schedule.cost)
-            final_mask_w = torch.where(keep, best_mask_w, mask_w.detach())
-            final_pattern_w = torch.where(keep, best_pattern_w, pattern_w.detach())
-            loss, ce, l1, prob, success = evaluate(final_mask_w, final_pattern_w, selected_cost)
-            losses.append(loss)
-            probs.append(prob)
-            ces.append(ce)
-            l1s.append(l1)
-            costs.append(selected_cost.clone())
-            masks = from_tanh_space(final_mask_w)
-            patterns = from_tanh_space(final_pattern_w)
-        seconds = time.perf_counter() - start
-
-        loss_t, prob_t = torch.stack(losses).cpu(), torch.stack(probs).cpu()
-        ce_t, l1_t, cost_t = torch.stack(ces).cpu(), torch.stack(l1s).cpu(), torch.stack(costs).cpu()
-        config = self.config()
-        out = []
-        for i in range(b):
-            image = images[i].detach().cpu().to(torch.float32)
-            trigger = MaskedTrigger(masks[i].cpu(), patterns[i].cpu())
-            out.append(
-                InversionResult(
-                    method=self.name,
-                    target=int(targets[i]),
-                    image=image,
-                    synthesized=trigger.apply(image[None])[0],
-                    trigger=trigger,
-                    loss=loss_t[:, i],
-                    target_prob=prob_t[:, i],
-                    config=dict(config),
-                    seconds=seconds / b,
-                    extras={
-                        "mask": trigger.mask,
-                        "pattern": trigger.pattern,
-                        "mask_l1": float(l1_t[-1, i]),
-                        "succeeded": bool(found[i]),
-                        "best_step": int(best_step[i]),
-                        "final_success": bool(success[i]),
-                        "selected_cost": float(cost_t[-1, i]),
-                        "final_cost": float(schedule.cost[i]),
-                        "ce_curve": ce_t[:, i],
-                        "mask_l1_curve": l1_t[:, i],
-                        "cost_curve": cost_t[:, i],
-                    },
-                )
-            )
+    def _triggers(self, variables: list[Tensor]) -> list[tuple[Trigger, dict[str, Any]]]:
+        masks, patterns = from_tanh_space(variables[0]), from_tanh_space(variables[1])
+        out: list[tuple[Trigger, dict[str, Any]]] = []
+        for mask, pattern in zip(masks, patterns):
+            trigger = MaskedTrigger(mask.cpu(), pattern.cpu())
+            out.append((trigger, {"mask": trigger.mask, "pattern": trigger.pattern}))
         return out
 
 

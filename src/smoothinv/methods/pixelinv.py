@@ -14,7 +14,7 @@ so every pixel channel moves by at most b (|δ| ≤ b, b = ``bound``). The loss 
 
 a smooth stand-in for the number of perturbed pixel positions (it keeps pushing the
 variables of unused pixels below 0, where they no longer change the image). λ follows
-Neural Cleanse's adaptive schedule (see `neural_cleanse.AdaptiveCost`). Whenever the
+Neural Cleanse's adaptive schedule (see `adaptive.AdaptiveCost`). Whenever the
 attack succeeds with both a smaller penalty and fewer perturbed pixels than the best so
 far, changes smaller than 1/255 are zeroed, that pruned trigger becomes the best, and it
 is written back into u⁺, u⁻ (so pruned pixels restart from "off").
@@ -64,27 +64,15 @@ was selected (else the final λ). extras carry the CE, penalty and λ curves.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.metrics import model_device
-from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
-from ..triggers import AdditiveTrigger
-from .base import InversionResult, Inverter, check_inputs, check_target, non_finite_loss, register_method
-from .neural_cleanse import (
-    ADAM_BETAS,
-    ADAM_EPS,
-    AdaptiveCost,
-    check_positive_float,
-    check_positive_int,
-    seeded_uniform,
-)
+from ..triggers import AdditiveTrigger, Trigger
+from .adaptive import ADAM_BETAS, AdaptiveCostInverter, seeded_uniform
+from .base import check_positive_float, register_method
 
 PRUNE_THRESHOLD = 1.0 / 255.0
 PENALTY_TEMPERATURE = 10.0
@@ -104,7 +92,7 @@ def pixel_count(delta: Tensor) -> Tensor:
     return (delta.abs().sum(1) > 0).flatten(1).sum(1)
 
 
-class PixelInv(Inverter):
+class PixelInv(AdaptiveCostInverter):
     """PixelBackdoor's mask-free trigger inversion on single images.
 
     steps: Adam updates per call; lr: Adam learning rate; bound: largest change of one
@@ -115,6 +103,9 @@ class PixelInv(Inverter):
 
     name = "pixelinv"
     grid_axes = ()
+    penalty_name = "size_penalty"
+    penalty_curve = "size_curve"
+    write_back_best = True
 
     def __init__(
         self,
@@ -125,16 +116,10 @@ class PixelInv(Inverter):
         patience: int = 10,
         cost_multiplier: float = 1.5,
     ) -> None:
-        self.steps = check_positive_int("steps", steps)
-        self.lr = check_positive_float("lr", lr)
+        super().__init__(steps, lr, init_cost, patience, cost_multiplier)
         self.bound = check_positive_float("bound", bound)
         if self.bound > 1:
             raise SmoothInvError(f"bound must be in (0, 1] (got {bound!r}): pixels live in [0,1]")
-        self.init_cost = check_positive_float("init_cost", init_cost)
-        self.patience = check_positive_int("patience", patience)
-        self.cost_multiplier = check_positive_float("cost_multiplier", cost_multiplier)
-        if self.cost_multiplier <= 1:
-            raise SmoothInvError(f"cost_multiplier must be > 1 (got {cost_multiplier!r})")
 
     def config(self) -> dict[str, Any]:
         return {
@@ -142,148 +127,45 @@ class PixelInv(Inverter):
             "lr": self.lr,
             "betas": list(ADAM_BETAS),
             "bound": self.bound,
-            "init_cost": self.init_cost,
-            "patience": self.patience,
-            "cost_multiplier_up": self.cost_multiplier,
-            "cost_multiplier_down": self.cost_multiplier**1.5,
+            **self.schedule_config(),
             "prune_threshold": PRUNE_THRESHOLD,
         }
 
-    def total_steps(self) -> int:
-        return self.steps
+    def _parts(self, u_pos: Tensor, u_neg: Tensor) -> tuple[Tensor, Tensor]:
+        """The positive and negative parts b·clip(u, 0, 1) of δ."""
+        return self.bound * u_pos.clamp(0.0, 1.0), self.bound * u_neg.clamp(0.0, 1.0)
 
-    def invert_batch(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> list[InversionResult]:
-        check_inputs(images, targets)
-        device = model_device(model)
-        x = images.to(device=device, dtype=torch.float32)
-        y = targets.to(device=device, dtype=torch.long)
-        with torch.no_grad():
-            check_target(y, model(x[:1]).shape[-1])
-        start = time.perf_counter()
-        b = x.shape[0]
-        bound = self.bound
-        pos, neg = seeded_uniform(b, [tuple(x.shape[1:])] * 2, seed, device)
-        pos.requires_grad_(True)
-        neg.requires_grad_(True)
-        optimizer = torch.optim.Adam([pos, neg], lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-        schedule = AdaptiveCost(b, self.init_cost, self.patience, self.cost_multiplier, self.cost_multiplier**1.5,
-                                start_at_zero=False, device=device)
-        rows = torch.arange(b, device=device)
+    def _start(self, x: Tensor, seed: int) -> list[Tensor]:
+        """u⁺ and u⁻ [B,C,H,W] uniform in [0,1]."""
+        return seeded_uniform(x.shape[0], [tuple(x.shape[1:])] * 2, seed, x.device)
 
-        def parts(u_pos: Tensor, u_neg: Tensor) -> tuple[Tensor, Tensor]:
-            return bound * u_pos.clamp(0.0, 1.0), bound * u_neg.clamp(0.0, 1.0)
+    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits of clamp(x + δ, 0, 1), and the smooth pixel count of δ."""
+        p_pos, p_neg = self._parts(*variables)
+        logits = model((x + p_pos - p_neg).clamp(0.0, 1.0))
+        return logits, size_penalty(*variables)
 
-        def evaluate(u_pos: Tensor, u_neg: Tensor, cost: Tensor):
-            p_pos, p_neg = parts(u_pos, u_neg)
-            logits = model((x + p_pos - p_neg).clamp(0.0, 1.0))
-            ce = F.cross_entropy(logits, y, reduction="none")
-            reg = size_penalty(u_pos, u_neg)
-            loss = ce + cost.to(ce.dtype) * reg
-            if not bool(torch.isfinite(loss).all()):
-                raise non_finite_loss()
-            prob = logits.detach().softmax(1)[rows, y]
-            success = logits.detach().argmax(1) == y
-            return loss, ce.detach(), reg.detach(), prob, success
+    def _candidate(self, variables: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """δ's parts with changes below 1/255 zeroed (as u⁺, u⁻); it must also change fewer pixels."""
+        p_pos, p_neg = self._parts(*variables)
+        p_pos = torch.where(p_pos < PRUNE_THRESHOLD, torch.zeros_like(p_pos), p_pos)
+        p_neg = torch.where(p_neg < PRUNE_THRESHOLD, torch.zeros_like(p_neg), p_neg)
+        return [p_pos / self.bound, p_neg / self.bound], [pixel_count(p_pos - p_neg)]
 
-        best_pos = pos.detach().clone()
-        best_neg = neg.detach().clone()
-        best_reg = torch.full((b,), math.inf, device=device)
-        best_pixels = torch.full((b,), math.inf, device=device)
-        best_step = torch.full((b,), -1, dtype=torch.long, device=device)
-        best_cost = schedule.cost.clone()
-        losses, probs, ces, regs, costs = [], [], [], [], []
-        for step in range(self.steps):
-            cost = schedule.cost
-            loss, ce, reg, prob, success = evaluate(pos, neg, cost)
-            losses.append(loss.detach())
-            probs.append(prob)
-            ces.append(ce)
-            regs.append(reg)
-            costs.append(cost.clone())
-            with torch.no_grad():
-                p_pos, p_neg = parts(pos, neg)
-                p_pos = torch.where(p_pos < PRUNE_THRESHOLD, torch.zeros_like(p_pos), p_pos)
-                p_neg = torch.where(p_neg < PRUNE_THRESHOLD, torch.zeros_like(p_neg), p_neg)
-                pixels = pixel_count(p_pos - p_neg).to(best_pixels.dtype)
-                better = success & (reg < best_reg) & (pixels < best_pixels)
-            grads = torch.autograd.grad(loss.sum(), [pos, neg])
-            pos.grad, neg.grad = grads
-            optimizer.step()
-            with torch.no_grad():
-                if bool(better.any()):
-                    best_pos[better] = p_pos[better] / bound
-                    best_neg[better] = p_neg[better] / bound
-                    pos[better] = best_pos[better]
-                    neg[better] = best_neg[better]
-                best_reg = torch.where(better, reg, best_reg)
-                best_pixels = torch.where(better, pixels, best_pixels)
-                best_step = torch.where(better, torch.full_like(best_step, step), best_step)
-                best_cost = torch.where(better, cost, best_cost)
-            schedule.update(success)
-            if callback is not None:
-                callback(step, loss.detach(), prob)
-
-        with torch.no_grad():
-            found = best_step >= 0
-            keep = found.view(-1, 1, 1, 1)
-            selected_cost = torch.where(found, best_cost, schedule.cost)
-            final_pos = torch.where(keep, best_pos, pos.detach())
-            final_neg = torch.where(keep, best_neg, neg.detach())
-            loss, ce, reg, prob, success = evaluate(final_pos, final_neg, selected_cost)
-            losses.append(loss)
-            probs.append(prob)
-            ces.append(ce)
-            regs.append(reg)
-            costs.append(selected_cost.clone())
-            p_pos, p_neg = parts(final_pos, final_neg)
-            deltas = p_pos - p_neg
-            sizes = pixel_count(deltas)
-        seconds = time.perf_counter() - start
-
-        loss_t, prob_t = torch.stack(losses).cpu(), torch.stack(probs).cpu()
-        ce_t, reg_t, cost_t = torch.stack(ces).cpu(), torch.stack(regs).cpu(), torch.stack(costs).cpu()
-        config = self.config()
-        out = []
-        for i in range(b):
-            image = images[i].detach().cpu().to(torch.float32)
-            delta = deltas[i].cpu()
-            trigger = AdditiveTrigger(delta)
-            out.append(
-                InversionResult(
-                    method=self.name,
-                    target=int(targets[i]),
-                    image=image,
-                    synthesized=trigger.apply(image[None])[0],
-                    trigger=trigger,
-                    loss=loss_t[:, i],
-                    target_prob=prob_t[:, i],
-                    config=dict(config),
-                    seconds=seconds / b,
-                    extras={
-                        "delta": delta,
-                        "pixel_count": int(sizes[i]),
-                        "delta_l1": float(delta.abs().sum()),
-                        "delta_linf": float(delta.abs().max()),
-                        "size_penalty": float(reg_t[-1, i]),
-                        "succeeded": bool(found[i]),
-                        "best_step": int(best_step[i]),
-                        "final_success": bool(success[i]),
-                        "selected_cost": float(cost_t[-1, i]),
-                        "final_cost": float(schedule.cost[i]),
-                        "ce_curve": ce_t[:, i],
-                        "size_curve": reg_t[:, i],
-                        "cost_curve": cost_t[:, i],
-                    },
-                )
-            )
+    def _triggers(self, variables: list[Tensor]) -> list[tuple[Trigger, dict[str, Any]]]:
+        p_pos, p_neg = self._parts(*variables)
+        deltas = p_pos - p_neg
+        sizes = pixel_count(deltas)
+        out: list[tuple[Trigger, dict[str, Any]]] = []
+        for delta, size in zip(deltas, sizes):
+            delta = delta.cpu()
+            extras = {
+                "delta": delta,
+                "pixel_count": int(size),
+                "delta_l1": float(delta.abs().sum()),
+                "delta_linf": float(delta.abs().max()),
+            }
+            out.append((AdditiveTrigger(delta), extras))
         return out
 
 

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..engine.metrics import model_device
 from ..engine.early_stop import RowStopper
 from ..engine.pgd import Optimizer, PGDSettings, PGDTrace, StepCallback, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
-from .base import InversionResult, Inverter, additive_results, check_inputs, check_target, register_method
+from .base import InversionResult, Inverter, additive_results, prepare_batch, register_method
 
 
 class SmoothInv(Inverter):
@@ -105,12 +104,8 @@ class SmoothInv(Inverter):
 
         A `stopper` skips rows whose target probability has saturated and honours a deadline.
         """
-        check_inputs(images, targets)
-        device = model_device(model)
-        x = images.to(device=device, dtype=torch.float32)
-        y = targets.to(device)
-        with torch.no_grad():
-            check_target(y, model(x[:1]).shape[-1])
+        x, y = prepare_batch(model, images, targets)
+        device = x.device
         generator = torch.Generator(device=device).manual_seed(seed)
         smoothed = SmoothedClassifier(model, self.noise_samples, self.denoiser, self.max_batch)
         sigma = sigma.to(device=device, dtype=torch.float32)
@@ -138,8 +133,6 @@ class PlainAdv(SmoothInv):
         cfg = super().config()
         del cfg["denoiser"]
         return cfg
-
-
 
 
 register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)")(SmoothInv)

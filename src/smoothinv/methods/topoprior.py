@@ -103,11 +103,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.metrics import model_device
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger
-from .base import InversionResult, Inverter, check_inputs, check_target, register_method
+from .base import (
+    InversionResult,
+    Inverter,
+    check_positive_int,
+    non_finite_loss,
+    prepare_batch,
+    register_method,
+    trigger_result,
+)
 
 Diversity = Literal["l1", "cosine"]
 
@@ -264,9 +271,9 @@ class TopoPrior(Inverter):
         topo_start: float = 0.0,
         max_batch: int = 256,
     ) -> None:
-        for label, value in (("number of triggers", num_triggers), ("steps", steps), ("max batch", max_batch)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise SmoothInvError(f"{label} must be an integer >= 1 (got {value!r})")
+        self.num_triggers = check_positive_int("number of triggers", num_triggers)
+        self.steps = check_positive_int("steps", steps)
+        self.max_batch = check_positive_int("max batch", max_batch)
         if isinstance(topo_k, bool) or not isinstance(topo_k, (int, np.integer)) or topo_k < 0:
             raise SmoothInvError(f"topo_k must be an integer >= 0 (got {topo_k!r})")
         for label, value in (
@@ -288,8 +295,6 @@ class TopoPrior(Inverter):
             raise SmoothInvError(f"mask_init must be strictly between 0 and 1 (got {mask_init!r})")
         if not isinstance(topo_start, (int, float)) or not 0 <= topo_start <= 1:
             raise SmoothInvError(f"topo_start must be a fraction in [0,1] (got {topo_start!r})")
-        self.num_triggers = int(num_triggers)
-        self.steps = int(steps)
         self.lr = float(lr)
         self.lambda_div = float(lambda_div)
         self.lambda_topo = float(lambda_topo)
@@ -300,7 +305,6 @@ class TopoPrior(Inverter):
         self.mask_init = float(mask_init)
         self.init_noise = float(init_noise)
         self.topo_start = float(topo_start)
-        self.max_batch = int(max_batch)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -318,9 +322,6 @@ class TopoPrior(Inverter):
             "init_noise": self.init_noise,
             "topo_start": self.topo_start,
         }
-
-    def total_steps(self) -> int:
-        return self.steps
 
     # ----------------------------------------------------------------------- pieces
 
@@ -363,12 +364,8 @@ class TopoPrior(Inverter):
         callback: StepCallback | None = None,
     ) -> list[InversionResult]:
         targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        check_inputs(images, targets)
-        device = model_device(model)
-        x = images.to(device=device, dtype=torch.float32)
-        y = targets.to(device)
-        with torch.no_grad():
-            check_target(y, model(x[:1]).shape[-1])
+        x, y = prepare_batch(model, images, targets)
+        device = x.device
         bsz, channels, h, w = x.shape
         k = self.num_triggers
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -407,10 +404,7 @@ class TopoPrior(Inverter):
                 div, _ = self._diversity(masks, patterns)
                 total = own.mean(1) + self.lambda_div * div  # [B]
                 if not bool(torch.isfinite(total).all()):
-                    raise SmoothInvError(
-                        f"the loss became NaN/inf at step {step}: the model returns non-finite "
-                        "outputs for these inputs; check the model file and --mean/--std"
-                    )
+                    raise non_finite_loss(step)
                 own_curve.append(own.detach())
                 prob_curve.append(prob)
                 if step == self.steps:
@@ -448,31 +442,16 @@ class TopoPrior(Inverter):
                 )
             best = min(range(k), key=lambda i: (candidates[i]["loss"], -candidates[i]["target_prob"], i))
             chosen = candidates[best]
-            trigger: MaskedTrigger = chosen["trigger"]
-            image = images[b].detach().to("cpu", torch.float32)
-            results.append(
-                InversionResult(
-                    method=self.name,
-                    target=int(targets[b]),
-                    image=image,
-                    synthesized=trigger.apply(image[None])[0],
-                    trigger=trigger,
-                    loss=own_t[:, b, best].clone(),
-                    target_prob=prob_t[:, b, best].clone(),
-                    config=dict(config),
-                    seconds=seconds / bsz,
-                    extras={
-                        "candidate": best,
-                        "components": chosen["components"],
-                        "mask_l1": chosen["mask_l1"],
-                        "candidate_target_probs": [c["target_prob"] for c in candidates],
-                        "candidates": [c for c in candidates if c["index"] != best],
-                    },
-                )
-            )
+            extras = {
+                "candidate": best,
+                "components": chosen["components"],
+                "mask_l1": chosen["mask_l1"],
+                "candidate_target_probs": [c["target_prob"] for c in candidates],
+                "candidates": [c for c in candidates if c["index"] != best],
+            }
+            results.append(trigger_result(self.name, x[b], targets[b], chosen["trigger"], own_t[:, b, best].clone(),
+                                          prob_t[:, b, best].clone(), config, seconds / bsz, extras))
         return results
-
-
 
 
 register_method(
