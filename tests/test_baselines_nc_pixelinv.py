@@ -10,7 +10,8 @@ import torch
 
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods.base import get_method, list_methods, method_class, method_options
-from smoothinv.methods.neural_cleanse import AdaptiveCost, NeuralCleanse, mad_anomaly_index, nc_flagged
+from smoothinv.methods.adaptive import AdaptiveCost
+from smoothinv.methods.neural_cleanse import NeuralCleanse, mad_anomaly_index, nc_flagged
 from smoothinv.methods.pixelinv import PRUNE_THRESHOLD, PixelInv
 from smoothinv.triggers import AdditiveTrigger, MaskedTrigger
 

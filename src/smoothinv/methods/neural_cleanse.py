@@ -63,7 +63,6 @@ from torch import Tensor, nn
 
 from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger, Trigger
-from .adaptive import AdaptiveCost as AdaptiveCost  # NC's λ schedule, shared with PixelInv; importable from here
 from .adaptive import ADAM_BETAS, AdaptiveCostInverter, seeded_uniform
 from .base import register_method
 
