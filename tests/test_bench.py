@@ -34,9 +34,9 @@ def _class_result(label: int, mask_l1: float) -> ClassResult:
 
 def test_nc_decision_flags_small_mask_outlier():
     classes = [_class_result(c, n) for c, n in enumerate([10.0, 11.0, 9.5, 10.5, 1.0, 10.2])]
-    result = ScanResult(ScanSettings(method="nc"), (), classes, {}, [0], {}, False)
+    result = ScanResult(ScanSettings(method="nc"), (), (), None, classes, {}, [0], {}, False)
     flagged, score = nc_decision(result)
     assert flagged == [4] and score > 2
-    calm = ScanResult(ScanSettings(method="nc"), (), [_class_result(c, 10.0 + 0.1 * c) for c in range(6)], {}, [0], {}, False)
+    calm = ScanResult(ScanSettings(method="nc"), (), (), None, [_class_result(c, 10.0 + 0.1 * c) for c in range(6)], {}, [0], {}, False)
     flagged, score = nc_decision(calm)
     assert flagged == [] and score <= 2

@@ -19,12 +19,12 @@ from ..engine.early_stop import RowStopper
 from ..engine.metrics import attack_success_rate, predict
 from ..engine.sweep import PAPER_EPS, Grid, ProgressHook, eps_scale, grid_options
 from ..errors import SmoothInvError
-from ..methods.base import InversionResult, additive_results, get_method, method_options
+from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
 from ..methods.smoothinv import SmoothInv
 from .decision import DecisionRule, class_scores, flagged
+from .noise_levels import SIGMA_LADDER, NoiseLevels, choose_sigmas
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
-SCAN_SIGMAS = (0.25, 0.5, 1.0)
 
 
 def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
@@ -37,7 +37,8 @@ def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
 class ScanSettings:
     method: str = "smoothinv"
     eps: tuple[float, ...] | None = None
-    sigmas: tuple[float, ...] = SCAN_SIGMAS
+    sigmas: tuple[float, ...] | None = None
+    """None: chosen per model from SIGMA_LADDER by noise_levels.choose_sigmas."""
     noise_samples: int = 8
     steps: int = 200
     stop_prob: float | None = 0.99
@@ -71,6 +72,8 @@ class ClassResult:
 class ScanResult:
     settings: ScanSettings
     eps: tuple[float, ...]
+    sigmas: tuple[float, ...]
+    noise_levels: NoiseLevels | None
     classes: list[ClassResult]
     skipped: dict[int, str]
     image_predictions: list[int]
@@ -124,7 +127,15 @@ def scan(
         raise SmoothInvError("no class can be scanned: " + "; ".join(f"{c}: {why}" for c, why in skipped.items()))
 
     eps = tuple(settings.eps) if settings.eps else scan_eps(stack.shape[1:])
-    grid = Grid(eps, tuple(settings.sigmas))
+    levels = None
+    sigmas: tuple[float, ...] = ()
+    if "sigma" in method_class(settings.method).grid_axes:
+        sigmas = tuple(settings.sigmas or ())
+        if not sigmas:
+            levels = choose_sigmas(model, clean_images, noise_samples=settings.noise_samples, seed=settings.seed)
+            sigmas = levels.chosen
+    probe_s = time.perf_counter() - start
+    grid = Grid(eps, sigmas or (0.0,))
     labels = list(chosen)
     rows_per_class, timed_out = _synthesise(model, stack, chosen, grid, settings, deadline, progress)
     synth_s = time.perf_counter() - start
@@ -144,9 +155,9 @@ def scan(
         cr.z_by_eps = [round(float(v), 4) for v in z[i]]
         cr.score = round(float(scores[i]), 4)
         cr.flagged = i in hits
-    seconds = {"synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
+    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s - probe_s, 3), "evaluation_s": round(eval_s, 3),
                "total_s": round(time.perf_counter() - start, 3)}
-    return ScanResult(settings, eps, results, skipped, predictions, seconds, bool(timed_out))
+    return ScanResult(settings, eps, sigmas, levels, results, skipped, predictions, seconds, bool(timed_out))
 
 
 def _asr_by_eps(result: ClassResult, eps: tuple[float, ...]) -> list[float]:
@@ -201,7 +212,7 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
 def scan_steps(settings: ScanSettings, shape: Sequence[int]) -> int:
     """Progress-bar length: SmoothInv is one descent; other methods one per grid point."""
     eps = tuple(settings.eps) if settings.eps else scan_eps(shape)
-    points = grid_options(settings.method, Grid(eps, tuple(settings.sigmas)))
+    points = grid_options(settings.method, Grid(eps, tuple(settings.sigmas or SIGMA_LADDER[-3:])))
     inverter = get_method(settings.method, **method_options(settings.method, {**settings.options(), **points[0]}))
     return inverter.total_steps() * (1 if isinstance(inverter, SmoothInv) else len(points))
 

@@ -51,7 +51,8 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
         "targets": result.targets,
         "target_names": [name(c) for c in result.targets],
         "rule": rule.describe(),
-        "settings": {"method": settings.method, "eps": list(result.eps), "sigmas": list(settings.sigmas),
+        "settings": {"method": settings.method, "eps": list(result.eps), "sigmas": list(result.sigmas),
+                     "noise_levels": None if result.noise_levels is None else result.noise_levels.to_dict(),
                      "noise_samples": settings.noise_samples, "steps": settings.steps,
                      "stop_prob": settings.stop_prob, "time_budget_s": settings.time_budget, "seed": settings.seed,
                      "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor},
@@ -121,7 +122,7 @@ def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> 
         "clean | synthesised | amplified perturbation | zoom</figcaption></figure>"
         for c, files in pictures.items())
     images = "".join(f'<img class=small src="{html.escape(f)}" alt="scan image">' for f in record["files"]["images"])
-    settings = html.escape(", ".join(f"{k}={v}" for k, v in record["settings"].items()))
+    settings = html.escape(", ".join(f"{k}={v}" for k, v in record["settings"].items() if k != "noise_levels"))
     skipped = "".join(f"<li>class {c}: {html.escape(why)}</li>" for c, why in record["skipped_classes"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>smoothinv scan: {verdict}</title>
@@ -144,7 +145,20 @@ img.small {{ height: 96px; margin-right: .5em; }} figure {{ margin: 1em 0; }} co
 <table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th></tr>{rows}</table>
 {f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}
 <h2>Decision rule</h2><p>{html.escape(record['rule'])}</p>
+{_noise_levels(record['settings'].get('noise_levels'))}
 <h2>Parameters</h2><p><code>{settings}</code></p>
 <p>Machine-readable results: <a href="scan.json">scan.json</a>.</p>
 </body></html>
 """
+
+
+def _noise_levels(levels: dict[str, Any] | None) -> str:
+    """The σ probe as a table: which noise levels were kept and why."""
+    if not levels:
+        return ""
+    rows = "".join(
+        f"<tr><td>{p['sigma']:g}</td><td>{p['sink_class']}</td><td>{p['share']:.0%}</td>"
+        f"<td>{'collapsed' if p['collapsed'] else ('used' if p['sigma'] in levels['chosen'] else 'not needed')}</td></tr>"
+        for p in levels["probes"])
+    return (f"<h2>Noise levels</h2><p>{html.escape(levels['rule'])} (limit {levels['limit']:.0%} here).</p>"
+            f"<table><tr><th>sigma</th><th>most common class under G</th><th>share of clean images</th><th></th></tr>{rows}</table>")
