@@ -14,6 +14,7 @@ import torch
 from conftest import PLANTED_TARGET, tiny_cnn
 from smoothinv.detection import DecisionRule, ScanSettings, scan, scan_eps
 from smoothinv.detection.decision import class_scores, flagged, robust_z
+from smoothinv.detection.noise_levels import choose_sigmas
 from smoothinv.engine.early_stop import RowStopper
 from smoothinv.errors import SmoothInvError
 
@@ -117,6 +118,31 @@ def test_scan_rejects_unknown_class(planted):
         scan(model, [x[0]], x, y, 10, FAST, classes=[12])
 
 
+class NoiseSink(torch.nn.Module):
+    """Class = brightest quadrant, but pixel-to-pixel jitter (noise) pushes everything to class 0."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        quadrants = torch.stack([x[..., :h, :w].mean((1, 2, 3)), x[..., :h, w:].mean((1, 2, 3)),
+                                 x[..., h:, :w].mean((1, 2, 3)), x[..., h:, w:].mean((1, 2, 3))], 1)
+        jitter = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))
+        return 10 * quadrants + torch.nn.functional.pad(100 * jitter[:, None], (0, 3))
+
+
+def test_noise_levels_drop_sigmas_where_the_model_collapses():
+    images = torch.zeros(40, 1, 8, 8)
+    for i in range(40):
+        q = i % 4
+        images[i, :, (q // 2) * 4:(q // 2) * 4 + 4, (q % 2) * 4:(q % 2) * 4 + 4] = 1.0
+    levels = choose_sigmas(NoiseSink(), images, ladder=(0.005, 0.01, 0.5, 1.0), noise_samples=4)
+    assert levels.base_share == pytest.approx(0.25) and levels.limit == pytest.approx(0.625)
+    assert levels.chosen == (0.005, 0.01)
+    assert [p["collapsed"] for p in levels.probes] == [False, False, True, True]
+    assert all(p["sink_class"] == 0 and p["share"] == 1.0 for p in levels.probes[2:])
+    assert choose_sigmas(NoiseSink(), images, ladder=(0.001, 0.002, 0.005, 0.01), keep=2).chosen == (0.005, 0.01)
+    assert choose_sigmas(NoiseSink(), images, ladder=(0.5, 1.0)).chosen == (0.5,)  # all collapsed: smallest
+
+
 def test_scan_runs_a_baseline_method():
     from conftest import bar_data
 
@@ -151,13 +177,16 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
     out = tmp_path / "scan"
     code, stdout, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
                                 str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out", str(out),
-                                "--eps", "1,2", "--sigma", "0.5,1", "--noise-samples", "4", "--steps", "100")
+                                "--eps", "1,2", "--noise-samples", "4", "--steps", "100")
     assert code == 0, err
     record = json.loads((out / "scan.json").read_text())
     assert record["verdict"] == "backdoored" and record["targets"] == [PLANTED_TARGET]
     assert len(record["classes"]) == 9 and record["skipped_classes"].keys() == {"4"}
-    assert all(len(c["runs"]) == 4 for c in record["classes"])
+    levels = record["settings"]["noise_levels"]  # no --sigma: chosen per model
+    assert record["settings"]["sigmas"] == levels["chosen"] and 1 <= len(levels["chosen"]) <= 3
+    assert all(len(c["runs"]) == 2 * len(levels["chosen"]) for c in record["classes"])
     html = (out / "report.html").read_text()
+    assert "Noise levels" in html
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert referenced and all((out / ref).is_file() for ref in referenced), referenced
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
