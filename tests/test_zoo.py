@@ -25,7 +25,7 @@ from smoothinv.training import Augment, train_classifier
 from smoothinv.triggers import square_patch
 from smoothinv.zoo import Recipe, list_zoo, load_zoo_model
 from smoothinv.zoo.build import build, is_built
-from smoothinv.zoo.manifest import read_manifest, write_record
+from smoothinv.zoo.manifest import import_records, read_manifest, write_record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -203,6 +203,27 @@ def test_zoo_model_loads_with_trigger_and_hash_check(built):
         weights.write_bytes(original)
     with pytest.raises(SmoothInvError, match="no zoo model"):
         load_zoo_model("nope", zoo)
+
+
+def test_import_copies_checked_models_from_another_zoo(built, tmp_path):
+    recipe, record, zoo = built
+    assert import_records(zoo, directory=tmp_path) == ["tiny-badnets"]
+    assert is_built(recipe, tmp_path) and (tmp_path / "tiny-badnets.png").is_file()
+    assert read_manifest(tmp_path)["tiny-badnets"] == read_manifest(zoo)["tiny-badnets"]
+    assert not list(tmp_path.glob(".*partial"))
+    with pytest.raises(SmoothInvError, match="no model named"):
+        import_records(zoo, ["nope"], tmp_path)
+    weights = zoo / "tiny-badnets.safetensors"
+    original = weights.read_bytes()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    try:
+        weights.write_bytes(original[:-4] + b"\0\0\0\0")
+        with pytest.raises(SmoothInvError, match="sha256"):
+            import_records(zoo, directory=fresh)
+        assert not any(fresh.iterdir())  # nothing copied from a zoo that fails its check
+    finally:
+        weights.write_bytes(original)
 
 
 def test_manifest_records_replace_and_sort(tmp_path):

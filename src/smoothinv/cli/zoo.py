@@ -1,4 +1,4 @@
-"""`smoothinv zoo build|list`."""
+"""`smoothinv zoo build|import|list|sanity|report`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..errors import SmoothInvError
 from ..reporting.zoo_report import zoo_markdown
 from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
+from ..zoo.manifest import import_records
 
 err = Console(stderr=True)
 stdout = Console()
@@ -39,6 +40,16 @@ def build_command(names: tuple[str, ...], data_root: Path | None, zoo_dir: Path 
             continue
         err.print(f"{recipe.name}: training {recipe.arch} on {recipe.dataset} for {recipe.epochs} epochs ...")
         build(recipe, data_root=data_root, directory=zoo_dir, log=lambda line: err.print(escape(line), highlight=False))
+
+
+@zoo_group.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--recipe", "names", multiple=True, help="Import only these models (repeatable); default: all in SOURCE.")
+@click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo to import into (default: the package's zoo).")
+def import_command(source: Path, names: tuple[str, ...], zoo_dir: Path | None) -> None:
+    """Add models built with `zoo build --zoo-dir SOURCE` (elsewhere, or in parallel) to the zoo; hashes are checked."""
+    for name in import_records(source, list(names) or None, zoo_dir):
+        err.print(f"{name}: imported")
 
 
 @zoo_group.command("list")

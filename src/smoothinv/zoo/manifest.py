@@ -56,3 +56,34 @@ def verified_weights(record: dict[str, Any], directory: str | Path | None = None
     if actual != record["sha256"]:
         raise SmoothInvError(f"zoo model {record['name']}: {path} has sha256 {actual[:12]}…, manifest says {record['sha256'][:12]}…")
     return path
+
+
+def import_records(source: str | Path, names: list[str] | None = None,
+                   directory: str | Path | None = None) -> list[str]:
+    """Copy models built in another zoo directory (a second process, a GPU machine) into
+    this one. Each record's weights are checked against its hash before anything is
+    copied; files land under a temporary name and are renamed into place. Returns the
+    imported names."""
+    import os
+    import shutil
+
+    records = read_manifest(source)
+    if not records:
+        raise SmoothInvError(f"{Path(source) / MANIFEST} lists no models")
+    wanted = names or sorted(records)
+    missing = [n for n in wanted if n not in records]
+    if missing:
+        raise SmoothInvError(f"{source} has no model named {missing[0]}; it has: {', '.join(sorted(records))}")
+    target = zoo_dir(directory)
+    for name in wanted:
+        verified_weights(records[name], source)
+    for name in wanted:
+        record = records[name]
+        for key in ("weights", "trigger_example"):
+            if record.get(key):
+                partial = target / f".{record[key]}.partial"
+                shutil.copyfile(Path(source) / record[key], partial)
+                os.replace(partial, target / record[key])
+        verified_weights(record, target)
+        write_record(record, target)
+    return wanted
