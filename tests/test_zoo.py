@@ -101,8 +101,11 @@ def test_cifar_tar_reader_and_cache(tmp_path, monkeypatch):
     assert first.train_labels.tolist() == [0, 0, 1, 1]
     assert abs(int(first.train_images[2].mean()) - 0) <= 2  # cat/0000 has value 0
     assert len(list((tmp_path / "cache").glob("cifar10-*.npz"))) == 1
+    order = np.random.RandomState(0).permutation(4)  # the test split comes in a fixed mixed order
+    assert first.test_labels.tolist() == [[0, 0, 1, 1][i] for i in order]
     again = load_cifar10(tmp_path)
     assert np.array_equal(again.train_images, first.train_images) and again.class_names == first.class_names
+    assert np.array_equal(again.test_images, first.test_images) and np.array_equal(again.test_labels, first.test_labels)
 
 
 def test_shared_datasets_when_present():

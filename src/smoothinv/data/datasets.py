@@ -76,10 +76,21 @@ def load_cifar10(root: str | Path | None = None) -> Dataset:
     cache = _cache_dir() / f"cifar10-{stat.st_size}-{int(stat.st_mtime)}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            return Dataset("cifar10", z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]])
-    data = _decode_cifar_tar(tar_path)
-    _save_cache(cache, data)
-    return data
+            data = Dataset("cifar10", z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]])
+    else:
+        data = _decode_cifar_tar(tar_path)
+        _save_cache(cache, data)
+    return _mixed_test_split(data)
+
+
+def _mixed_test_split(data: Dataset) -> Dataset:
+    """The tar is sorted by class, so its first n test images are all "airplane". Evaluations
+    take the first n test images, so the test split is put in a fixed mixed order (seed 0),
+    as in the original CIFAR-10 batches. The train split keeps its order: training shuffles
+    anyway, and the built zoo's seeded poisoning indexes into it."""
+    order = np.random.RandomState(0).permutation(len(data.test_labels))
+    return Dataset(data.name, data.train_images, data.train_labels, data.test_images[order], data.test_labels[order],
+                   data.class_names)
 
 
 def _decode_cifar_tar(tar_path: Path) -> Dataset:
