@@ -60,6 +60,7 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[pick] = False
         x_clean, y_clean = x[keep][:clean_images], y[keep][:clean_images]
+        log(f"{record['name']}: scanning {len(record['class_names'])} classes ...")
         start = time.perf_counter()
         result = scan(zm.module, [x[pick]], x_clean, y_clean, len(record["class_names"]), replace(settings, seed=seed))
         seconds = time.perf_counter() - start

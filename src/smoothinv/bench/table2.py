@@ -53,6 +53,7 @@ def table2(*, methods: Sequence[str] = METHODS, names: Sequence[str] | None = No
         x_clean, y_clean = x[held][:clean_images], y[held][:clean_images]
         grid = Grid.for_shape(x.shape[1:])
         for method in methods:
+            log(f"{record['name']} {method}: inverting from {len(picks)} images ...")
             start = time.perf_counter()
             asrs = []
             for i in picks:
