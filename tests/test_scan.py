@@ -14,7 +14,7 @@ import torch
 from conftest import PLANTED_TARGET, tiny_cnn
 from smoothinv.detection import DecisionRule, ScanSettings, scan, scan_eps
 from smoothinv.detection.decision import class_scores, flagged, robust_z
-from smoothinv.detection.noise_levels import choose_sigmas
+from smoothinv.detection.noise_sink import probe_noise_sink
 from smoothinv.engine.early_stop import RowStopper
 from smoothinv.errors import SmoothInvError
 
@@ -129,18 +129,18 @@ class NoiseSink(torch.nn.Module):
         return 10 * quadrants + torch.nn.functional.pad(100 * jitter[:, None], (0, 3))
 
 
-def test_noise_levels_drop_sigmas_where_the_model_collapses():
+def test_noise_sink_probe_finds_the_collapse():
     images = torch.zeros(40, 1, 8, 8)
     for i in range(40):
         q = i % 4
         images[i, :, (q // 2) * 4:(q // 2) * 4 + 4, (q % 2) * 4:(q % 2) * 4 + 4] = 1.0
-    levels = choose_sigmas(NoiseSink(), images, ladder=(0.005, 0.01, 0.5, 1.0), noise_samples=4)
-    assert levels.base_share == pytest.approx(0.25) and levels.limit == pytest.approx(0.625)
-    assert levels.chosen == (0.005, 0.01)
-    assert [p["collapsed"] for p in levels.probes] == [False, False, True, True]
-    assert all(p["sink_class"] == 0 and p["share"] == 1.0 for p in levels.probes[2:])
-    assert choose_sigmas(NoiseSink(), images, ladder=(0.001, 0.002, 0.005, 0.01), keep=2).chosen == (0.005, 0.01)
-    assert choose_sigmas(NoiseSink(), images, ladder=(0.5, 1.0)).chosen == (0.5,)  # all collapsed: smallest
+    sink = probe_noise_sink(NoiseSink(), images, (1.0, 0.005, 0.5, 0.01), noise_samples=4)
+    assert sink.base_share == pytest.approx(0.25) and sink.limit == pytest.approx(0.625)
+    assert [p["sigma"] for p in sink.probes] == [0.005, 0.01, 0.5, 1.0]
+    assert [p["collapsed"] for p in sink.probes] == [False, False, True, True]
+    assert all(p["sink_class"] == 0 and p["share"] == 1.0 for p in sink.probes[2:])
+    assert sink.sink_classes == {0}
+    assert probe_noise_sink(NoiseSink(), images, (0.005,)).sink_classes == set()
 
 
 def test_scan_runs_a_baseline_method():
@@ -182,11 +182,12 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
     record = json.loads((out / "scan.json").read_text())
     assert record["verdict"] == "backdoored" and record["targets"] == [PLANTED_TARGET]
     assert len(record["classes"]) == 9 and record["skipped_classes"].keys() == {"4"}
-    levels = record["settings"]["noise_levels"]  # no --sigma: chosen per model
-    assert record["settings"]["sigmas"] == levels["chosen"] and 1 <= len(levels["chosen"]) <= 3
-    assert all(len(c["runs"]) == 2 * len(levels["chosen"]) for c in record["classes"])
+    assert record["settings"]["sigmas"] == [0.25, 0.5, 1.0]  # the default grid
+    assert all(len(c["runs"]) == 6 for c in record["classes"])
+    assert [p["sigma"] for p in record["noise_sink"]["probes"]] == [0.25, 0.5, 1.0]
+    assert isinstance(record["warnings"], list)
     html = (out / "report.html").read_text()
-    assert "Noise levels" in html
+    assert "Noise sink" in html
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert referenced and all((out / ref).is_file() for ref in referenced), referenced
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
@@ -195,3 +196,25 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
                            str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
                            str(tmp_path / "scan2"), "--classes", "3,99")
     assert code == 2 and err.startswith("error:") and not Path(tmp_path / "scan2").exists()
+
+
+def test_record_warns_when_a_flagged_class_is_the_noise_sink():
+    from smoothinv.detection.noise_sink import NoiseSink as Sink
+    from smoothinv.detection.scan import ClassResult, ScanResult
+    from smoothinv.methods.base import InversionResult
+    from smoothinv.reporting.scan_report import scan_record
+    from smoothinv.triggers import AdditiveTrigger
+
+    x = torch.zeros(1, 2, 2)
+
+    def cls(label, flag):
+        r = InversionResult("smoothinv", label, x, x, AdditiveTrigger(x), torch.zeros(2), torch.zeros(2), {"eps": 1.0}, 0.0)
+        return ClassResult(label, 0, [(r, 0.9 if flag else 0.1)], flagged=flag)
+
+    sink = Sink(0.1, 0.55, [{"sigma": 0.25, "sink_class": 6, "share": 0.97, "collapsed": True}])
+    result = ScanResult(ScanSettings(), (1.0,), (0.25,), sink, [cls(6, True), cls(3, False)], {}, [0], {"total_s": 1.0}, False)
+    record = scan_record(result, {}, [f"c{i}" for i in range(10)])
+    assert len(record["warnings"]) == 1 and record["warnings"][0].startswith("class 6 (c6) is also where")
+    clear = Sink(0.1, 0.55, [{"sigma": 0.25, "sink_class": 2, "share": 0.3, "collapsed": False}])
+    result = ScanResult(ScanSettings(), (1.0,), (0.25,), clear, [cls(6, True), cls(3, False)], {}, [0], {"total_s": 1.0}, False)
+    assert scan_record(result, {}, None)["warnings"] == []

@@ -73,7 +73,8 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
                "verdict": "backdoored" if targets else "clean", "flagged": targets, "score": round(score, 4),
                "correct": bool(targets) == backdoored,
                "target_found": (record["target"] in targets) if backdoored else None,
-               "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas)}
+               "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas), "eps": list(result.eps),
+               "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score} for c in result.classes}}
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")
         rows.append(row)

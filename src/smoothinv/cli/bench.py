@@ -13,6 +13,7 @@ from rich.markup import escape
 from ..bench.detect import detect_benchmark
 from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
+from ..detection.scan import SCAN_SIGMAS
 from ..methods import list_methods
 from ..reporting.outputs import write_json
 from .options import float_list
@@ -32,7 +33,7 @@ def bench_group() -> None:
 @click.option("--data-root", type=click.Path(path_type=Path))
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--sigma", help="Noise levels, comma-separated (default: chosen per model: the largest of 0.06,0.12,0.25,0.5,1 at which the smoothed model has not collapsed to one class).")
+@click.option("--sigma", help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
 @click.option("--clean-images", default=500, show_default=True, type=click.IntRange(min=10))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
@@ -41,7 +42,7 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     sigmas = float_list(sigma, "--sigma")
     settings = ScanSettings(method=method, steps=steps, noise_samples=noise_samples,
-                            sigmas=tuple(sigmas) if sigmas else None)
+                            sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS)
     report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
                               log=lambda line: err.print(escape(line), highlight=False))
     stdout.print("| model | truth | verdict | flagged | score | s |")

@@ -16,7 +16,7 @@ from rich.table import Table
 from .. import __version__
 from ..data import load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
-from ..detection.scan import scan_steps
+from ..detection.scan import SCAN_SIGMAS, scan_steps
 from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
@@ -37,7 +37,7 @@ stdout = Console()
 @click.option("--classes", help="Scan only these class indices, comma-separated (default: all).")
 @click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
 @click.option("--eps", help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
-@click.option("--sigma", help="Noise levels, comma-separated (default: chosen per model: the largest of 0.06,0.12,0.25,0.5,1 at which the smoothed model has not collapsed to one class).")
+@click.option("--sigma", help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
 @click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--time-budget", type=float, help="Stop synthesis after this many seconds and decide on what was found.")
@@ -63,7 +63,7 @@ def scan_command(**opts: Any) -> None:
     sigmas = float_list(opts["sigma"], "--sigma")
     settings = ScanSettings(
         method=opts["method"], eps=None if eps is None else tuple(eps),
-        sigmas=tuple(sigmas) if sigmas else None, noise_samples=opts["noise_samples"], steps=opts["steps"],
+        sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS, noise_samples=opts["noise_samples"], steps=opts["steps"],
         time_budget=opts["time_budget"], max_batch=opts["max_batch"], seed=opts["seed"],
         rule=DecisionRule(threshold=opts["threshold"]),
     )
@@ -86,6 +86,8 @@ def scan_command(**opts: Any) -> None:
     targets = ", ".join(map(str, result.targets)) or "none"
     stdout.print(f"[bold]verdict: {result.verdict}[/] (targets: {targets}); wrote {escape(str(opts['out']))}/report.html "
                  f"in {time.perf_counter() - started:.0f}s" + (" [yellow](time budget reached)[/]" if result.timed_out else ""))
+    for warning in record["warnings"]:
+        err.print(escape(f"warning: {warning}"), style="yellow", highlight=False, soft_wrap=True)
 
 
 def _table(record: dict[str, Any]) -> Table:

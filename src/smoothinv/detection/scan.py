@@ -22,9 +22,10 @@ from ..errors import SmoothInvError
 from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
 from ..methods.smoothinv import SmoothInv
 from .decision import DecisionRule, class_scores, flagged
-from .noise_levels import SIGMA_LADDER, NoiseLevels, choose_sigmas
+from .noise_sink import NoiseSink, probe_noise_sink
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
+SCAN_SIGMAS = (0.25, 0.5, 1.0)
 
 
 def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
@@ -37,8 +38,7 @@ def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
 class ScanSettings:
     method: str = "smoothinv"
     eps: tuple[float, ...] | None = None
-    sigmas: tuple[float, ...] | None = None
-    """None: chosen per model from SIGMA_LADDER by noise_levels.choose_sigmas."""
+    sigmas: tuple[float, ...] = SCAN_SIGMAS
     noise_samples: int = 8
     steps: int = 200
     stop_prob: float | None = 0.99
@@ -73,7 +73,7 @@ class ScanResult:
     settings: ScanSettings
     eps: tuple[float, ...]
     sigmas: tuple[float, ...]
-    noise_levels: NoiseLevels | None
+    noise_sink: NoiseSink | None
     classes: list[ClassResult]
     skipped: dict[int, str]
     image_predictions: list[int]
@@ -127,13 +127,11 @@ def scan(
         raise SmoothInvError("no class can be scanned: " + "; ".join(f"{c}: {why}" for c, why in skipped.items()))
 
     eps = tuple(settings.eps) if settings.eps else scan_eps(stack.shape[1:])
-    levels = None
+    sink = None
     sigmas: tuple[float, ...] = ()
     if "sigma" in method_class(settings.method).grid_axes:
-        sigmas = tuple(settings.sigmas or ())
-        if not sigmas:
-            levels = choose_sigmas(model, clean_images, noise_samples=settings.noise_samples, seed=settings.seed)
-            sigmas = levels.chosen
+        sigmas = tuple(settings.sigmas)
+        sink = probe_noise_sink(model, clean_images, sigmas, noise_samples=settings.noise_samples, seed=settings.seed)
     probe_s = time.perf_counter() - start
     grid = Grid(eps, sigmas or (0.0,))
     labels = list(chosen)
@@ -157,7 +155,7 @@ def scan(
         cr.flagged = i in hits
     seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s - probe_s, 3), "evaluation_s": round(eval_s, 3),
                "total_s": round(time.perf_counter() - start, 3)}
-    return ScanResult(settings, eps, sigmas, levels, results, skipped, predictions, seconds, bool(timed_out))
+    return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out))
 
 
 def _asr_by_eps(result: ClassResult, eps: tuple[float, ...]) -> list[float]:
@@ -212,7 +210,7 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
 def scan_steps(settings: ScanSettings, shape: Sequence[int]) -> int:
     """Progress-bar length: SmoothInv is one descent; other methods one per grid point."""
     eps = tuple(settings.eps) if settings.eps else scan_eps(shape)
-    points = grid_options(settings.method, Grid(eps, tuple(settings.sigmas or SIGMA_LADDER[-3:])))
+    points = grid_options(settings.method, Grid(eps, tuple(settings.sigmas)))
     inverter = get_method(settings.method, **method_options(settings.method, {**settings.options(), **points[0]}))
     return inverter.total_steps() * (1 if isinstance(inverter, SmoothInv) else len(points))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
@@ -51,8 +51,9 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
         "targets": result.targets,
         "target_names": [name(c) for c in result.targets],
         "rule": rule.describe(),
+        "warnings": _warnings(result, name),
+        "noise_sink": None if result.noise_sink is None else result.noise_sink.to_dict(),
         "settings": {"method": settings.method, "eps": list(result.eps), "sigmas": list(result.sigmas),
-                     "noise_levels": None if result.noise_levels is None else result.noise_levels.to_dict(),
                      "noise_samples": settings.noise_samples, "steps": settings.steps,
                      "stop_prob": settings.stop_prob, "time_budget_s": settings.time_budget, "seed": settings.seed,
                      "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor},
@@ -122,7 +123,8 @@ def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> 
         "clean | synthesised | amplified perturbation | zoom</figcaption></figure>"
         for c, files in pictures.items())
     images = "".join(f'<img class=small src="{html.escape(f)}" alt="scan image">' for f in record["files"]["images"])
-    settings = html.escape(", ".join(f"{k}={v}" for k, v in record["settings"].items() if k != "noise_levels"))
+    settings = html.escape(", ".join(f"{k}={v}" for k, v in record["settings"].items()))
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in record["warnings"])
     skipped = "".join(f"<li>class {c}: {html.escape(why)}</li>" for c, why in record["skipped_classes"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>smoothinv scan: {verdict}</title>
@@ -132,10 +134,11 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px;
   background: {'#ffebee' if verdict == 'backdoored' else '#e8f5e9'}; color: {'#b71c1c' if verdict == 'backdoored' else '#1b5e20'}; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
 tr.flag {{ background: #ffebee; font-weight: bold; }} img {{ image-rendering: pixelated; }}
-img.small {{ height: 96px; margin-right: .5em; }} figure {{ margin: 1em 0; }} code {{ background: #f4f4f4; }}
+ul.warn {{ color: #8a4b00; }} img.small {{ height: 96px; margin-right: .5em; }} figure {{ margin: 1em 0; }} code {{ background: #f4f4f4; }}
 </style></head><body>
 <h1>Backdoor scan</h1>
 <p class=verdict>{verdict}: target class(es) {html.escape(targets)}</p>
+{f'<ul class=warn>{warnings}</ul>' if warnings else ''}
 <p>Model <code>{html.escape(str(record.get('model', {}).get('path', '')))}</code>, method <b>{html.escape(record['settings']['method'])}</b>,
 {len(record['classes'])} classes scanned in {record['timings']['total_s']:.0f} s{' (time budget reached: partial)' if record['timed_out'] else ''}.</p>
 <h2>Clean image(s)</h2><p>{images}</p>
@@ -145,20 +148,30 @@ img.small {{ height: 96px; margin-right: .5em; }} figure {{ margin: 1em 0; }} co
 <table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th></tr>{rows}</table>
 {f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}
 <h2>Decision rule</h2><p>{html.escape(record['rule'])}</p>
-{_noise_levels(record['settings'].get('noise_levels'))}
+{_noise_sink(record['noise_sink'])}
 <h2>Parameters</h2><p><code>{settings}</code></p>
 <p>Machine-readable results: <a href="scan.json">scan.json</a>.</p>
 </body></html>
 """
 
 
-def _noise_levels(levels: dict[str, Any] | None) -> str:
-    """The σ probe as a table: which noise levels were kept and why."""
-    if not levels:
+def _warnings(result: ScanResult, name: Callable[[int], str | None]) -> list[str]:
+    """Caveats an auditor should read next to the verdict."""
+    if result.noise_sink is None:
+        return []
+    sinks = result.noise_sink.sink_classes
+    return [f"class {c}{f' ({name(c)})' if name(c) else ''} is also where the smoothed model sends most noisy clean "
+            "images (see Noise sink); every model reaches its noise sink easily, so compare with a clean model "
+            "of the same kind before concluding" for c in result.targets if c in sinks]
+
+
+def _noise_sink(sink: dict[str, Any] | None) -> str:
+    """The noise-sink probe as a table."""
+    if not sink:
         return ""
     rows = "".join(
         f"<tr><td>{p['sigma']:g}</td><td>{p['sink_class']}</td><td>{p['share']:.0%}</td>"
-        f"<td>{'collapsed' if p['collapsed'] else ('used' if p['sigma'] in levels['chosen'] else 'not needed')}</td></tr>"
-        for p in levels["probes"])
-    return (f"<h2>Noise levels</h2><p>{html.escape(levels['rule'])} (limit {levels['limit']:.0%} here).</p>"
+        f"<td>{'collapsed' if p['collapsed'] else ''}</td></tr>" for p in sink["probes"])
+    return (f"<h2>Noise sink</h2><p>Where G sends noisy clean images. {html.escape(sink['rule'])} "
+            f"(limit {sink['limit']:.0%} here).</p>"
             f"<table><tr><th>sigma</th><th>most common class under G</th><th>share of clean images</th><th></th></tr>{rows}</table>")
