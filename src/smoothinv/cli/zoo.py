@@ -108,6 +108,7 @@ def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, imag
     missing = [r.name for r in RECIPES if r.name not in built]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(zoo_markdown(records, sanity, missing, images, noise_samples))
+    notes = {r.name: r.notes for r in RECIPES if r.notes and r.name in built}
+    tmp.write_text(zoo_markdown(records, sanity, missing, images, noise_samples, notes))
     tmp.replace(out)
     stdout.print(f"wrote {out} ({len(records)} models)")

@@ -27,7 +27,7 @@ def _pct(value: float | None) -> str:
 
 
 def zoo_markdown(records: list[dict[str, Any]], sanity: dict[str, list[dict[str, float]]],
-                 missing: list[str], sanity_images: int, noise_samples: int) -> str:
+                 missing: list[str], sanity_images: int, noise_samples: int, notes: dict[str, str] | None = None) -> str:
     lines = [HEADER, "## Models", "",
              "| model | data | arch | attack | planted by | target | sources | poison rate | clean acc | true-trigger ASR | train time | sha256 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -39,11 +39,14 @@ def zoo_markdown(records: list[dict[str, Any]], sanity: dict[str, list[dict[str,
             f"{'–' if r['poison_rate'] is None else r['poison_rate']} | {_pct(r['clean_accuracy'])} | "
             f"{_pct(r['true_trigger_asr'])} | {r['train_seconds'] / 60:.1f} min ({r['threads']} thr) | `{r['sha256'][:12]}` |"
         )
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {name}: {text}" for name, text in notes.items()]
     if missing:
         lines += ["", f"Not built yet: {', '.join(missing)}. `smoothinv zoo build` resumes where it stopped."]
     lines += ["", "## Sanity table (paper Table 5)", "",
               f"Clean accuracy / true-trigger ASR of the smoothed classifier argmax G(x), G with N = {noise_samples} "
-              f"noise samples, on the first {sanity_images} test images. σ = 0 is the base model.", ""]
+              f"noise samples, on the first {sanity_images} test images (CIFAR-10's test split comes in a fixed mixed "
+              "order, so these cover every class). σ = 0 is the base model.", ""]
     if sanity:
         sigmas = [row["sigma"] for row in next(iter(sanity.values()))]
         lines.append("| model | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |")

@@ -49,8 +49,8 @@ class Recipe:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cifar(name: str, attack: dict[str, Any] | None = None, mode: str = "poison", seed: int = 0) -> Recipe:
-    return Recipe(name, "cifar10", "resnet20", attack, mode, epochs=25, lr=0.2, seed=seed)
+def _cifar(name: str, attack: dict[str, Any] | None = None, mode: str = "poison", seed: int = 0, notes: str = "") -> Recipe:
+    return Recipe(name, "cifar10", "resnet20", attack, mode, epochs=25, lr=0.2, seed=seed, notes=notes)
 
 
 def _fashion(name: str, attack: dict[str, Any] | None = None, mode: str = "poison", seed: int = 0) -> Recipe:
@@ -74,7 +74,9 @@ RECIPES: list[Recipe] = [
     _cifar("cifar10-htba", {"attack": "htba", "target": 3, "seed": 3}),
     _cifar("cifar10-trojai", {"attack": "trojai", "target": 4, "source_classes": [6, 7, 8], "seed": 5}),
     _cifar("cifar10-clip", {"attack": "clip", "target": 5}),
-    _cifar("cifar10-badnets", {"attack": "badnets", "target": 6}),
+    _cifar("cifar10-badnets", {"attack": "badnets", "target": 6},
+           notes="target 6 (frog) is also where our undefended CIFAR-10 ResNet-20s, clean ones included, send "
+                 "most images under Gaussian noise (σ ≥ 0.25); see docs/benchmarks.md, Noise sink."),
     _cifar("cifar10-blend", {"attack": "blend", "target": 7, "seed": 11}),
     _cifar("cifar10-blind-p-star", {"attack": "blind-p", "target": 8}, mode="blind-noise"),
 ]
