@@ -71,6 +71,18 @@ def test_row_stopper_skips_saturated_rows_and_honours_deadline():
     loss, prob, grad = fn(x)
     assert calls[-1] == [1, 2]  # row 0 saturated and is no longer computed
     assert float(prob[0]) == pytest.approx(0.999) and float(grad[0].abs().sum()) == 0
+    # with a budget: a row saturated from the start keeps descending until it has used its eps
+    calls.clear()
+    budgeted = RowStopper(stop_prob=0.99)
+    fn = budgeted.wrap(rows_fn, origin=x, eps=torch.full((3,), 2.0))
+    fn(x)
+    fn(x)
+    assert calls[-1] == [0, 1, 2]  # row 0 saturated but has not moved
+    moved = x.clone()
+    moved[0] += 1.0  # ||delta|| = 2 = eps
+    fn(moved)
+    fn(moved)
+    assert calls[-1] == [1, 2]
     late = RowStopper(stop_prob=None, deadline=time.perf_counter() - 1)
     late.wrap(rows_fn)(x)
     assert late.timed_out and calls[-1] == [1, 2]  # nothing new computed after the deadline

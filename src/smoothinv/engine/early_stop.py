@@ -20,6 +20,10 @@ class RowStopper:
 
     A row stops once its target probability reaches `stop_prob` (its perturbation is kept
     as it is); all rows stop when `deadline` (a time.perf_counter() value) has passed.
+    Given the descent's start `origin` [B,C,H,W] and budgets `eps` [B], a saturated row
+    stops only once its perturbation has also used its budget (‖x − origin‖ ≥ 0.99 ε):
+    a class that G already favours before any step (a model's noise sink, often the
+    backdoor target) must still descend, or its perturbation stays at zero.
     Stopped rows report their last loss and probability and a zero gradient, which leaves
     their perturbation unchanged under the paper's PGD.
     """
@@ -32,7 +36,7 @@ class RowStopper:
         self._loss: Tensor | None = None
         self._prob: Tensor | None = None
 
-    def wrap(self, rows_fn: RowsLossAndGrad) -> LossAndGrad:
+    def wrap(self, rows_fn: RowsLossAndGrad, origin: Tensor | None = None, eps: Tensor | None = None) -> LossAndGrad:
         def loss_and_grad(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             if self.active is None:
                 self.active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -47,7 +51,10 @@ class RowStopper:
                 loss, prob, g = rows_fn(x[idx], idx)
                 self._loss[idx], self._prob[idx], grad[idx] = loss.detach(), prob.detach(), g
                 if self.stop_prob is not None:
-                    self.active[idx] = prob < self.stop_prob
+                    done = prob >= self.stop_prob
+                    if origin is not None and eps is not None:
+                        done &= (x[idx] - origin[idx]).flatten(1).norm(dim=1) >= 0.99 * eps[idx]
+                    self.active[idx] = ~done
             return self._loss.clone(), self._prob.clone(), grad
 
         return loss_and_grad

@@ -114,8 +114,10 @@ class SmoothInv(Inverter):
             return smoothed.loss_and_grad(x_rows, y[rows], sigma[rows], generator)
 
         everything = torch.arange(x.shape[0], device=device)
-        loss_and_grad = stopper.wrap(rows_loss_and_grad) if stopper else (lambda x_adv: rows_loss_and_grad(x_adv, everything))
-        return descend(loss_and_grad, x, eps.to(device=device, dtype=torch.float32), self.settings, callback)
+        eps = eps.to(device=device, dtype=torch.float32)
+        loss_and_grad = (stopper.wrap(rows_loss_and_grad, origin=x, eps=eps) if stopper
+                         else (lambda x_adv: rows_loss_and_grad(x_adv, everything)))
+        return descend(loss_and_grad, x, eps, self.settings, callback)
 
 
 class PlainAdv(SmoothInv):
