@@ -245,6 +245,9 @@ def test_sanity_table_rows():
     assert [r["sigma"] for r in rows] == [0.0, 0.5]
     assert rows[0]["clean_accuracy"] == pytest.approx(accuracy(model, images, labels))
     assert rows[0]["trigger_asr"] == pytest.approx(attack_success_rate(model, trigger, images, labels, 1))
+    clean = sanity_table(model, images, labels, None, None, sigmas=(0.0, 0.5), noise_samples=4)
+    assert [r["clean_accuracy"] for r in clean] == [r["clean_accuracy"] for r in rows]
+    assert all(r["trigger_asr"] is None for r in clean)
 
 
 def test_every_committed_zoo_model_loads_and_matches_its_hash():

@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from ..data.datasets import load_dataset
 from ..engine.sanity import sanity_table
-from ..errors import SmoothInvError
 from ..reporting.zoo_report import zoo_markdown
 from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
@@ -77,15 +76,16 @@ def sanity_command(name: str, data_root: Path | None, zoo_dir: Path | None, imag
     """Clean accuracy and true-trigger ASR of a zoo model's smoothed classifier at σ ∈ {0,.12,.25,.5,1}."""
     rows = zoo_sanity(name, data_root, zoo_dir, images, noise_samples)
     for row in rows:
-        stdout.print(f"sigma {row['sigma']:<5g} clean accuracy {row['clean_accuracy']:.1%}  true-trigger ASR {row['trigger_asr']:.1%}")
+        asr = "" if row["trigger_asr"] is None else f"  true-trigger ASR {row['trigger_asr']:.1%}"
+        stdout.print(f"sigma {row['sigma']:<5g} clean accuracy {row['clean_accuracy']:.1%}{asr}")
 
 
 def zoo_sanity(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> list[dict[str, float]]:
     zm = load_zoo_model(name, zoo_dir)
-    if zm.attack is None:
-        raise SmoothInvError(f"zoo model {name} is clean: there is no trigger to check")
     x, y = load_dataset(zm.record["dataset"], data_root).split(train=False)
     x, y = x[:images], y[:images]
+    if zm.attack is None:
+        return sanity_table(zm.module, x, y, None, None, noise_samples=noise_samples)
     return sanity_table(zm.module, x, y, zm.attack.trigger(tuple(x.shape[1:])), zm.attack.target,
                         noise_samples=noise_samples, source_classes=zm.attack.source_classes)
 
@@ -101,9 +101,8 @@ def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, imag
     records = list_zoo(zoo_dir)
     sanity = {}
     for record in records:
-        if record["attack"] is not None:
-            err.print(f"sanity table: {record['name']} ...")
-            sanity[record["name"]] = zoo_sanity(record["name"], data_root, zoo_dir, images, noise_samples)
+        err.print(f"sanity table: {record['name']} ...")
+        sanity[record["name"]] = zoo_sanity(record["name"], data_root, zoo_dir, images, noise_samples)
     built = {r["name"] for r in records}
     missing = [r.name for r in RECIPES if r.name not in built]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ def sanity_table(
     model: nn.Module,
     images: Tensor,
     labels: Tensor,
-    trigger: Trigger,
-    target: int,
+    trigger: Trigger | None,
+    target: int | None,
     *,
     sigmas: Sequence[float] = SANITY_SIGMAS,
     noise_samples: int = 10,
@@ -45,20 +45,22 @@ def sanity_table(
     """[{sigma, clean_accuracy, trigger_asr}] for the smoothed model on images [N,C,H,W].
 
     ASR counts images whose label is not the target (and, for label-specific backdoors,
-    is one of `source_classes`) and that G sends to `target` once triggered.
+    is one of `source_classes`) and that G sends to `target` once triggered. A clean
+    model (trigger None) gets clean accuracy only (trigger_asr None).
     """
     smoothed = SmoothedClassifier(model, noise_samples)
-    attacked = labels != target
-    if source_classes is not None:
-        attacked &= torch.isin(labels, torch.tensor(list(source_classes), dtype=labels.dtype))
-    triggered = trigger.apply(images[attacked])
+    triggered = None
+    if trigger is not None and target is not None:
+        attacked = labels != target
+        if source_classes is not None:
+            attacked &= torch.isin(labels, torch.tensor(list(source_classes), dtype=labels.dtype))
+        triggered = trigger.apply(images[attacked])
     rows = []
     for sigma in sigmas:
         clean = smoothed_predictions(smoothed, images, sigma, seed)
-        hit = smoothed_predictions(smoothed, triggered, sigma, seed)
-        rows.append({
-            "sigma": float(sigma),
-            "clean_accuracy": float((clean == labels).float().mean()),
-            "trigger_asr": float((hit == target).float().mean()) if len(hit) else float("nan"),
-        })
+        asr = None
+        if triggered is not None:
+            hit = smoothed_predictions(smoothed, triggered, sigma, seed)
+            asr = float((hit == target).float().mean()) if len(hit) else float("nan")
+        rows.append({"sigma": float(sigma), "clean_accuracy": float((clean == labels).float().mean()), "trigger_asr": asr})
     return rows
