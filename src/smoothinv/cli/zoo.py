@@ -16,7 +16,7 @@ from ..zoo.build import build, is_built
 from ..zoo.manifest import import_records
 
 err = Console(stderr=True)
-stdout = Console()
+stdout = Console(soft_wrap=True)
 
 
 @click.group("zoo")
