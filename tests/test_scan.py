@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,25 @@ def test_record_warns_when_a_flagged_class_is_the_noise_sink():
     clear = Sink(0.1, 0.55, [{"sigma": 0.25, "sink_class": 2, "share": 0.3, "collapsed": False}])
     result = ScanResult(ScanSettings(), (1.0,), (0.25,), clear, [cls(6, True), cls(3, False)], {}, [0], {"total_s": 1.0}, False)
     assert scan_record(result, {}, None)["warnings"] == []
+
+
+def test_scan_cli_on_torchscript_model_with_folder_clean_set(planted, tmp_path, monkeypatch, capsys):
+    from smoothinv.data import save_image
+
+    model, _, x, y = planted
+    path = tmp_path / "model_ts.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* deprecation notices
+        torch.jit.trace(model, x[:1]).save(str(path))
+    for i in range(60):  # an ImageFolder: one folder per class, sorted names give the labels
+        save_image(x[i], tmp_path / "clean" / f"{int(y[i])}" / f"{i}.png")
+    save_image(x[y == 4][0], tmp_path / "img.png")
+    out = tmp_path / "scan"
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(path), "--num-classes", "10", "--image",
+                           str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean"), "--out", str(out),
+                           "--classes", f"3,{PLANTED_TARGET}", "--eps", "2", "--sigma", "0.5", "--noise-samples", "2",
+                           "--steps", "20")
+    assert code == 0, err
+    record = json.loads((out / "scan.json").read_text())
+    assert record["model"]["format"] == "torchscript" and record["clean_set"]["images"] == 60
+    assert [c["class"] for c in record["classes"]] == [3, PLANTED_TARGET] and (out / "report.html").is_file()
