@@ -78,15 +78,20 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")
         rows.append(row)
+    return {"summary": summarize(rows, settings.method), "rows": rows}
+
+
+def summarize(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
+    """Verdict accuracy, AUROC of the score, target identification and seconds per model."""
     pos = [r["score"] for r in rows if r["backdoored"]]
     neg = [r["score"] for r in rows if not r["backdoored"]]
     found = [r["target_found"] for r in rows if r["backdoored"]]
-    summary = {
-        "method": settings.method,
+    area = auroc(pos, neg)
+    return {
+        "method": method,
         "models": len(rows),
         "verdict_accuracy": round(sum(r["correct"] for r in rows) / len(rows), 4) if rows else None,
-        "auroc": None if auroc(pos, neg) is None else round(auroc(pos, neg), 4),
+        "auroc": None if area is None else round(area, 4),
         "target_identification": round(sum(found) / len(found), 4) if found else None,
         "seconds_per_model": round(sum(r["seconds"] for r in rows) / len(rows), 1) if rows else None,
     }
-    return {"summary": summary, "rows": rows}
