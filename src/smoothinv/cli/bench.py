@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
 from ..detection.scan import SCAN_SIGMAS
 from ..methods import list_methods
-from ..reporting.outputs import write_json
+from ..reporting.outputs import write_json, write_text
 from .options import float_list
 
 err = Console(stderr=True)
@@ -75,11 +76,10 @@ def table2_command(methods: tuple[str, ...], names: tuple[str, ...], images: int
                   data_root=data_root, seed=seed, log=lambda line: err.print(escape(line), highlight=False))
     stdout.print(markdown(rows))
     if out is not None:
-        tmp = out.with_name(f".{out.name}.partial")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image"])
-            for r in rows:
-                writer.writerow([r["model"], r["attack"], r["method"], r["asr"], r["images"], r["seconds_per_image"],
-                                 " ".join(map(str, r["asr_per_image"]))])
-        tmp.replace(out)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image"])
+        for r in rows:
+            writer.writerow([r["model"], r["attack"], r["method"], r["asr"], r["images"], r["seconds_per_image"],
+                             " ".join(map(str, r["asr_per_image"]))])
+        write_text(out, buffer.getvalue())

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..data.datasets import load_dataset
 from ..engine.sanity import sanity_table
+from ..reporting.outputs import write_text
 from ..reporting.zoo_report import zoo_markdown
 from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
@@ -106,8 +107,6 @@ def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, imag
     built = {r["name"] for r in records}
     missing = [r.name for r in RECIPES if r.name not in built]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     notes = {r.name: r.notes for r in RECIPES if r.notes and r.name in built}
-    tmp.write_text(zoo_markdown(records, sanity, missing, images, noise_samples, notes))
-    tmp.replace(out)
+    write_text(out, zoo_markdown(records, sanity, missing, images, noise_samples, notes))
     stdout.print(f"wrote {out} ({len(records)} models)")

@@ -55,12 +55,16 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         os.replace(tmp, path)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Pretty JSON, written to a temporary file and renamed into place."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary file next to `path` and rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, allow_nan=False)
-        f.write("\n")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Pretty JSON, written atomically."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
