@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from conftest import bar_data, tiny_cnn
-from smoothinv.engine.metrics import accuracy, attack_success_rate, predict
+from smoothinv.engine.metrics import accuracy, asr_by_source, attack_success_rate, predict
 from smoothinv.engine.pgd import PGDSettings, descend, normalize_l2, project_l2
 from smoothinv.engine.smoothing import SmoothedClassifier
 from smoothinv.engine.sweep import Grid, eps_scale, grid_options, run_sweep, sweep_steps
@@ -498,6 +498,20 @@ def test_attack_success_rate_hand_counted():
     assert attack_success_rate(model, AdditiveTrigger(torch.zeros(1, 3, 3)), images, labels, 1) == 0.0
     # a patch at pixel (0,0) with value 1 flips everyone
     assert attack_success_rate(model, square_patch((1, 3, 3), 1, 0, 0, 1.0), images, labels, 1) == 1.0
+
+
+def test_asr_by_source_splits_the_flips_by_true_class():
+    model = PixelModel()
+    images = torch.zeros(9, 1, 3, 3)
+    images[:, 0, 0, 0] = torch.tensor([0.3, 0.35, 0.0, 0.0, 0.45, 0.3, 0.0, 0.6, 0.9])
+    labels = torch.tensor([0, 0, 0, 2, 2, 3, 3, 1, 1])  # label-1 images are the target's own
+    bump = torch.zeros(1, 3, 3)
+    bump[0, 0, 0] = 0.25  # value > 0.5 → class 1: flips 0.3, 0.35, 0.45, 0.3
+    trigger = AdditiveTrigger(bump)
+    by_source = asr_by_source(model, trigger, images, labels, target=1, batch_size=2)
+    assert by_source == {0: pytest.approx(2 / 3), 2: pytest.approx(0.5), 3: pytest.approx(0.5)}
+    overall = attack_success_rate(model, trigger, images, labels, target=1)
+    assert overall == pytest.approx(4 / 7)
 
 
 def test_attack_success_rate_needs_non_target_images():

@@ -101,6 +101,8 @@ def test_scan_flags_planted_target(planted):
     assert result.verdict == "backdoored" and result.targets == [PLANTED_TARGET], [(c.label, c.score) for c in result.classes]
     target = next(c for c in result.classes if c.label == PLANTED_TARGET)
     assert target.best[1] > 0.8
+    assert PLANTED_TARGET not in target.best_asr_by_source and len(target.best_asr_by_source) == 9
+    assert min(target.best_asr_by_source.values()) > 0.5  # the planted backdoor flips every source class
     assert 4 in result.skipped  # the image's own class cannot be tested with this image
 
 
@@ -199,8 +201,10 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
     assert all(len(c["runs"]) == 6 for c in record["classes"])
     assert [p["sigma"] for p in record["noise_sink"]["probes"]] == [0.25, 0.5, 1.0]
     assert isinstance(record["warnings"], list)
+    flagged_class = next(c for c in record["classes"] if c["class"] == PLANTED_TARGET)
+    assert set(flagged_class["best"]["asr_by_source"]) == {str(c) for c in range(10)} - {str(PLANTED_TARGET)}
     html = (out / "report.html").read_text()
-    assert "Noise sink" in html
+    assert "Noise sink" in html and "sources it flips most" in html
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert referenced and all((out / ref).is_file() for ref in referenced), referenced
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html

@@ -74,7 +74,9 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
                "correct": bool(targets) == backdoored,
                "target_found": (record["target"] in targets) if backdoored else None,
                "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas), "eps": list(result.eps),
-               "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score} for c in result.classes}}
+               "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score,
+                                     "best_asr_by_source": {s: round(v, 4) for s, v in c.best_asr_by_source.items()}}
+                           for c in result.classes}}
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")
         rows.append(row)

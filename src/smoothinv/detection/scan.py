@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.early_stop import RowStopper
-from ..engine.metrics import attack_success_rate, predict
+from ..engine.metrics import asr_by_source, attack_success_rate, predict
 from ..engine.sweep import PAPER_EPS, Grid, ProgressHook, eps_scale, grid_options
 from ..errors import SmoothInvError
 from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
@@ -53,13 +53,15 @@ class ScanSettings:
 
 @dataclass
 class ClassResult:
-    """One scanned class: every config's result and ASR, its per-ε ASR, z-scores and score."""
+    """One scanned class: every config's result and ASR, its per-ε ASR, z-scores and score, and the
+    best run's ASR per source class (a label-specific backdoor flips only some classes)."""
 
     label: int
     image_index: int
     runs: list[tuple[InversionResult, float]]
     asr_by_eps: list[float] = field(default_factory=list)
     z_by_eps: list[float] = field(default_factory=list)
+    best_asr_by_source: dict[int, float] = field(default_factory=dict)
     score: float = 0.0
     flagged: bool = False
 
@@ -142,7 +144,10 @@ def scan(
     for c in labels:
         runs = [(r, attack_success_rate(model, r.trigger, clean_images, clean_labels, c, settings.max_batch))
                 for r in rows_per_class[c]]
-        results.append(ClassResult(c, chosen[c], runs))
+        result = ClassResult(c, chosen[c], runs)
+        result.best_asr_by_source = asr_by_source(model, result.best[0].trigger, clean_images, clean_labels, c,
+                                                  settings.max_batch)
+        results.append(result)
     eval_s = time.perf_counter() - start - synth_s
 
     by_eps = torch.tensor([_asr_by_eps(cr, eps) for cr in results])

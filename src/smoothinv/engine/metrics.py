@@ -27,18 +27,33 @@ def attack_success_rate(
 ) -> float:
     """ASR: among clean images whose label is not `target`, the fraction that the
     triggered image sends to `target`."""
+    hits = _triggered_hits(model, trigger, images, labels, target, batch_size)
+    return int(hits.sum()) / len(hits)
+
+
+def asr_by_source(
+    model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int, batch_size: int = 256
+) -> dict[int, float]:
+    """ASR per true class of the clean images [N,C,H,W]: {source label: fraction sent to target}.
+
+    A label-specific backdoor flips only its source classes, which an overall ASR dilutes."""
+    hits = _triggered_hits(model, trigger, images, labels, target, batch_size)
+    others = labels[labels != target]
+    return {int(s): int(hits[others == s].sum()) / int((others == s).sum()) for s in others.unique()}
+
+
+def _triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int,
+                    batch_size: int) -> Tensor:
+    """[M] bool, for the M clean images not labelled `target`: does the triggered image go to `target`?"""
     keep = labels != target
     if not bool(keep.any()):
         raise SmoothInvError(
             f"the clean set has no image outside the target class {target}; ASR needs images of other classes"
         )
-    hits, total = 0, 0
     others = images[keep]
-    for i in range(0, len(others), batch_size):
-        preds = predict(model, trigger.apply(others[i : i + batch_size]), batch_size)
-        hits += int((preds == target).sum())
-        total += len(preds)
-    return hits / total
+    hits = [predict(model, trigger.apply(others[i : i + batch_size]), batch_size) == target
+            for i in range(0, len(others), batch_size)]
+    return torch.cat(hits)
 
 
 def model_device(model: nn.Module) -> torch.device:

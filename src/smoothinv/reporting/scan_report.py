@@ -39,7 +39,8 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
             "z_by_eps": cr.z_by_eps,
             "best": {"asr": round(best_asr, 6), "config": best.config,
                      "final_target_prob": round(float(best.target_prob[-1]), 6),
-                     "perturbation_l2": round(float(best.perturbation.norm()), 6)},
+                     "perturbation_l2": round(float(best.perturbation.norm()), 6),
+                     "asr_by_source": {str(k): round(v, 6) for k, v in cr.best_asr_by_source.items()}},
             "runs": [{"config": r.config, "asr": round(asr, 6), "initial_target_prob": round(float(r.target_prob[0]), 6),
                       "final_target_prob": round(float(r.target_prob[-1]), 6), "steps_run": len(r.loss) - 1}
                      for r, asr in cr.runs],
@@ -109,6 +110,12 @@ def _bar_chart(classes: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _top_sources(by_source: dict[str, float], k: int = 3) -> str:
+    """'6: 98%, 7: 95%, 8: 91%': the k source classes the best trigger flips most."""
+    top = sorted(by_source.items(), key=lambda kv: -kv[1])[:k]
+    return ", ".join(f"{s}: {v:.0%}" for s, v in top)
+
+
 def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> str:
     verdict = record["verdict"]
     targets = ", ".join(f"{c} ({n})" if n else str(c) for c, n in zip(record["targets"], record["target_names"])) or "none"
@@ -116,7 +123,8 @@ def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> 
         f"<tr{' class=flag' if c['flagged'] else ''}><td>{c['class']}</td><td>{html.escape(str(c['name'] or ''))}</td>"
         f"<td>{c['best']['asr']:.1%}</td><td>{c['score']:.2f}</td>"
         f"<td>{' / '.join(f'{a:.0%}' for a in c['asr_by_eps'])}</td>"
-        f"<td>eps {c['best']['config'].get('eps', '–')}, sigma {c['best']['config'].get('sigma', '–')}</td></tr>"
+        f"<td>eps {c['best']['config'].get('eps', '–')}, sigma {c['best']['config'].get('sigma', '–')}</td>"
+        f"<td>{html.escape(_top_sources(c['best']['asr_by_source']))}</td></tr>"
         for c in record["classes"])
     figures = "".join(
         f"<figure><img src=\"{html.escape(files['overview'])}\" alt=\"class {c} trigger\"><figcaption>class {c}: "
@@ -145,7 +153,7 @@ ul.warn {{ color: #8a4b00; }} img.small {{ height: 96px; margin-right: .5em; }} 
 <h2>Best transfer ASR per class</h2>{_bar_chart(record['classes'])}
 <h2>Recovered triggers</h2>{figures}
 <h2>Per class</h2>
-<table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th></tr>{rows}</table>
+<table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th><th>sources it flips most</th></tr>{rows}</table>
 {f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}
 <h2>Decision rule</h2><p>{html.escape(record['rule'])}</p>
 {_noise_sink(record['noise_sink'])}
