@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from smoothinv.detection import DecisionRule, ScanSettings, scan, scan_eps
 from smoothinv.detection.decision import class_scores, flagged, robust_z
 from smoothinv.detection.noise_sink import probe_noise_sink
 from smoothinv.engine.early_stop import RowStopper
+from smoothinv.engine.sweep import Grid
 from smoothinv.errors import SmoothInvError
 
 # Small but real settings: two eps, two sigmas, 100 steps.
@@ -100,7 +103,7 @@ def test_scan_flags_planted_target(planted):
     result = scan(model, images, x, y, 10, FAST)
     assert result.verdict == "backdoored" and result.targets == [PLANTED_TARGET], [(c.label, c.score) for c in result.classes]
     target = next(c for c in result.classes if c.label == PLANTED_TARGET)
-    assert target.best[1] > 0.8
+    assert target.best_asr > 0.8
     assert PLANTED_TARGET not in target.best_asr_by_source and len(target.best_asr_by_source) == 9
     assert min(target.best_asr_by_source.values()) > 0.5  # the planted backdoor flips every source class
     assert 4 in result.skipped  # the image's own class cannot be tested with this image
@@ -125,6 +128,26 @@ def test_scan_time_budget_returns_partial_verdict(planted):
     result = scan(model, [x[y == 4][0]], x, y, 10, settings)
     assert result.timed_out and time.perf_counter() - start < 30
     assert result.verdict in ("clean", "backdoored")
+
+
+def test_scan_in_class_chunks_bounds_memory_and_keeps_the_verdict(planted, monkeypatch):
+    scan_module = importlib.import_module("smoothinv.detection.scan")
+
+    model, _, x, y = planted
+    # FAST has 4 configs at 1x20x20: room for 2 classes per descent
+    monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 2 * 4 * 400)
+    grid_chunks = scan_module.class_chunks(list(range(9)), FAST, Grid((1.0, 2.0), (0.5, 1.0)), (1, 20, 20))
+    assert grid_chunks == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    steps = []
+    result = scan(model, [x[y == 4][0]], x, y, 10, FAST, progress=lambda label, n: steps.append(n))
+    assert result.targets == [PLANTED_TARGET] and len(result.classes) == 9
+    assert sum(steps) == scan_module.scan_steps(FAST, (1, 20, 20), 9) == 5 * FAST.steps
+    assert all(len(c.runs) == 4 and c.best_asr == max(r.asr for r in c.runs) for c in result.classes)
+    # a budget that runs out during the first chunk: later chunks are skipped with a reason
+    monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 4 * 400)
+    late = scan(model, [x[y == 4][0]], x, y, 10, replace(FAST, time_budget=0.05))
+    assert late.timed_out and len(late.classes) >= 1
+    assert all("time budget" in why for c, why in late.skipped.items() if c != 4) and len(late.skipped) >= 2
 
 
 def test_scan_rejects_unknown_class(planted):
@@ -217,7 +240,7 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
 
 def test_record_warns_when_a_flagged_class_is_the_noise_sink():
     from smoothinv.detection.noise_sink import NoiseSink as Sink
-    from smoothinv.detection.scan import ClassResult, ScanResult
+    from smoothinv.detection.scan import ClassResult, RunRecord, ScanResult
     from smoothinv.methods.base import InversionResult
     from smoothinv.reporting.scan_report import scan_record
     from smoothinv.triggers import AdditiveTrigger
@@ -226,7 +249,8 @@ def test_record_warns_when_a_flagged_class_is_the_noise_sink():
 
     def cls(label, flag):
         r = InversionResult("smoothinv", label, x, x, AdditiveTrigger(x), torch.zeros(2), torch.zeros(2), {"eps": 1.0}, 0.0)
-        return ClassResult(label, 0, [(r, 0.9 if flag else 0.1)], flagged=flag)
+        asr = 0.9 if flag else 0.1
+        return ClassResult(label, 0, [RunRecord.of(r, asr)], r, asr, {0: asr}, flagged=flag)
 
     sink = Sink(0.1, 0.55, [{"sigma": 0.25, "sink_class": 6, "share": 0.97, "collapsed": True}])
     result = ScanResult(ScanSettings(), (1.0,), (0.25,), sink, [cls(6, True), cls(3, False)], {}, [0], {"total_s": 1.0}, False)

@@ -35,7 +35,7 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
 def nc_decision(result: ScanResult) -> tuple[list[int], float]:
     """Neural Cleanse's own rule on the scan's per-class masks: (flagged classes, score)."""
     labels = [c.label for c in result.classes]
-    norms = [float(c.best[0].extras.get("mask_l1", float("nan"))) for c in result.classes]
+    norms = [float(c.best.extras.get("mask_l1", float("nan"))) for c in result.classes]
     index = mad_anomaly_index(norms)
     median = float(torch.tensor(norms).median())
     below = [i for i, n in zip(index, norms) if n < median]

@@ -69,7 +69,7 @@ def scan_command(**opts: Any) -> None:
     )
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
-    with step_progress(scan_steps(settings, images[0].shape), err) as hook:
+    with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as hook:
         result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes, hook)
     context = {
         "smoothinv_version": __version__,

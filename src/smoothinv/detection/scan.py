@@ -8,6 +8,7 @@ costing compute, and a time budget stops all rows. Other methods run once per cl
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -26,6 +27,8 @@ from .noise_sink import NoiseSink, probe_noise_sink
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
 SCAN_SIGMAS = (0.25, 0.5, 1.0)
+ROW_ELEMENTS = 2**25
+"""Image elements in one descent's rows (128 MB as float32); more classes are scanned in chunks."""
 
 
 def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
@@ -51,23 +54,38 @@ class ScanSettings:
         return {"steps": self.steps, "noise_samples": self.noise_samples, "max_batch": self.max_batch}
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One config's outcome for a class. Only the best run's tensors are kept, so memory does
+    not grow with classes × configs."""
+
+    config: dict[str, Any]
+    asr: float
+    initial_target_prob: float
+    final_target_prob: float
+    steps_run: int
+
+    @classmethod
+    def of(cls, result: InversionResult, asr: float) -> RunRecord:
+        return cls(result.config, asr, float(result.target_prob[0]), float(result.target_prob[-1]), len(result.loss) - 1)
+
+
 @dataclass
 class ClassResult:
-    """One scanned class: every config's result and ASR, its per-ε ASR, z-scores and score, and the
-    best run's ASR per source class (a label-specific backdoor flips only some classes)."""
+    """One scanned class: every config's record, the best run (highest ASR, then final target
+    probability) with its ASR per source class (a label-specific backdoor flips only some
+    classes), and the per-ε ASR, z-scores and score the decision rule gives it."""
 
     label: int
     image_index: int
-    runs: list[tuple[InversionResult, float]]
+    runs: list[RunRecord]
+    best: InversionResult
+    best_asr: float
+    best_asr_by_source: dict[int, float]
     asr_by_eps: list[float] = field(default_factory=list)
     z_by_eps: list[float] = field(default_factory=list)
-    best_asr_by_source: dict[int, float] = field(default_factory=dict)
     score: float = 0.0
     flagged: bool = False
-
-    @property
-    def best(self) -> tuple[InversionResult, float]:
-        return max(self.runs, key=lambda run: (run[1], float(run[0].target_prob[-1])))
 
 
 @dataclass
@@ -136,19 +154,25 @@ def scan(
         sink = probe_noise_sink(model, clean_images, sigmas, noise_samples=settings.noise_samples, seed=settings.seed)
     probe_s = time.perf_counter() - start
     grid = Grid(eps, sigmas or (0.0,))
-    labels = list(chosen)
-    rows_per_class, timed_out = _synthesise(model, stack, chosen, grid, settings, deadline, progress)
-    synth_s = time.perf_counter() - start
-
-    results = []
-    for c in labels:
-        runs = [(r, attack_success_rate(model, r.trigger, clean_images, clean_labels, c, settings.max_batch))
-                for r in rows_per_class[c]]
-        result = ClassResult(c, chosen[c], runs)
-        result.best_asr_by_source = asr_by_source(model, result.best[0].trigger, clean_images, clean_labels, c,
-                                                  settings.max_batch)
-        results.append(result)
-    eval_s = time.perf_counter() - start - synth_s
+    results: list[ClassResult] = []
+    synth_s = eval_s = 0.0
+    timed_out = False
+    for chunk in class_chunks(list(chosen), settings, grid, stack.shape[1:]):
+        if results and deadline is not None and time.perf_counter() > deadline:
+            skipped.update({c: "the time budget ran out before this class was synthesised" for c in chunk})
+            timed_out = True
+            continue
+        begin = time.perf_counter()
+        rows_per_class, chunk_timed_out = _synthesise(model, stack, {c: chosen[c] for c in chunk}, grid, settings,
+                                                      deadline, progress)
+        timed_out |= chunk_timed_out
+        synth_s += time.perf_counter() - begin
+        begin = time.perf_counter()
+        results += [_evaluate(model, c, chosen[c], rows_per_class[c], clean_images, clean_labels, settings.max_batch)
+                    for c in chunk if rows_per_class[c]]
+        eval_s += time.perf_counter() - begin
+    if not results:
+        raise SmoothInvError("the time budget ran out before any class was synthesised; raise --time-budget")
 
     by_eps = torch.tensor([_asr_by_eps(cr, eps) for cr in results])
     scores, z = class_scores(by_eps, settings.rule)
@@ -158,16 +182,35 @@ def scan(
         cr.z_by_eps = [round(float(v), 4) for v in z[i]]
         cr.score = round(float(scores[i]), 4)
         cr.flagged = i in hits
-    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s - probe_s, 3), "evaluation_s": round(eval_s, 3),
+    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
                "total_s": round(time.perf_counter() - start, 3)}
     return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out))
 
 
+def class_chunks(labels: list[int], settings: ScanSettings, grid: Grid, shape: Sequence[int]) -> list[list[int]]:
+    """Classes in groups whose rows (one per config) hold at most ROW_ELEMENTS image elements,
+    so a 1000-class model at 224² is scanned in bounded memory; a small model is one group."""
+    configs = len(grid_options(settings.method, grid))
+    per_chunk = max(1, ROW_ELEMENTS // (configs * math.prod(shape)))
+    return [labels[i : i + per_chunk] for i in range(0, len(labels), per_chunk)]
+
+
+def _evaluate(model: nn.Module, label: int, image_index: int, runs: list[InversionResult], clean_images: Tensor,
+              clean_labels: Tensor, batch_size: int) -> ClassResult:
+    """Measure every run's transfer ASR; keep the best run whole and the others as records."""
+    asrs = [attack_success_rate(model, r.trigger, clean_images, clean_labels, label, batch_size) for r in runs]
+    best_i = max(range(len(runs)), key=lambda i: (asrs[i], float(runs[i].target_prob[-1])))
+    best = runs[best_i]
+    by_source = asr_by_source(model, best.trigger, clean_images, clean_labels, label, batch_size)
+    return ClassResult(label, image_index, [RunRecord.of(r, a) for r, a in zip(runs, asrs)], best, asrs[best_i],
+                       by_source)
+
+
 def _asr_by_eps(result: ClassResult, eps: tuple[float, ...]) -> list[float]:
     """Max ASR over σ at each ε; methods without an ε grid give one column."""
-    if all("eps" not in r.config for r, _ in result.runs):
-        return [max(asr for _, asr in result.runs)]
-    return [max((asr for r, asr in result.runs if r.config.get("eps") == e), default=0.0) for e in eps]
+    if all("eps" not in r.config for r in result.runs):
+        return [max(r.asr for r in result.runs)]
+    return [max((r.asr for r in result.runs if r.config.get("eps") == e), default=0.0) for e in eps]
 
 
 def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: Grid, settings: ScanSettings,
@@ -207,16 +250,15 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
         for c, result in zip(labels, method.invert_batch(model, images, torch.tensor(labels), seed=settings.seed,
                                                          callback=hook)):
             out[c].append(result)
-    if not any(out[c] for c in labels):
-        raise SmoothInvError("the time budget ran out before any class was synthesised; raise --time-budget")
     return out, timed_out
 
 
-def scan_steps(settings: ScanSettings, shape: Sequence[int]) -> int:
-    """Progress-bar length: SmoothInv is one descent; other methods one per grid point."""
+def scan_steps(settings: ScanSettings, shape: Sequence[int], num_classes: int) -> int:
+    """Progress-bar length: SmoothInv is one descent per chunk of classes; other methods one
+    per grid point and chunk."""
     eps = tuple(settings.eps) if settings.eps else scan_eps(shape)
-    points = grid_options(settings.method, Grid(eps, tuple(settings.sigmas)))
+    grid = Grid(eps, tuple(settings.sigmas))
+    points = grid_options(settings.method, grid)
+    chunks = len(class_chunks(list(range(num_classes)), settings, grid, shape))
     inverter = get_method(settings.method, **method_options(settings.method, {**settings.options(), **points[0]}))
-    return inverter.total_steps() * (1 if isinstance(inverter, SmoothInv) else len(points))
-
-
+    return inverter.total_steps() * chunks * (1 if isinstance(inverter, SmoothInv) else len(points))

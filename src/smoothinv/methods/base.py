@@ -148,11 +148,13 @@ def additive_results(
     config: dict[str, Any],
     seconds: float,
 ) -> list[InversionResult]:
-    """Split a batched additive descent (p [B,C,H,W], curves [steps+1,B]) into results."""
+    """Split a batched additive descent (p [B,C,H,W], curves [steps+1,B]) into results.
+
+    Each result owns copies of its rows: a view would keep the whole batch alive."""
     b = images.shape[0]
     return [
-        trigger_result(name, images[i], targets[i], AdditiveTrigger(perturbations[i].detach().cpu()),
-                       loss[:, i].cpu(), target_prob[:, i].cpu(), config, seconds / b)
+        trigger_result(name, images[i].clone(), targets[i], AdditiveTrigger(perturbations[i].detach().cpu().clone()),
+                       loss[:, i].cpu().clone(), target_prob[:, i].cpu().clone(), config, seconds / b)
         for i in range(b)
     ]
 

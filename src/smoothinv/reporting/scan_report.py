@@ -28,7 +28,7 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
 
     classes = []
     for cr in result.classes:
-        best, best_asr = cr.best
+        best, best_asr = cr.best, cr.best_asr
         classes.append({
             "class": cr.label,
             "name": name(cr.label),
@@ -41,9 +41,9 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
                      "final_target_prob": round(float(best.target_prob[-1]), 6),
                      "perturbation_l2": round(float(best.perturbation.norm()), 6),
                      "asr_by_source": {str(k): round(v, 6) for k, v in cr.best_asr_by_source.items()}},
-            "runs": [{"config": r.config, "asr": round(asr, 6), "initial_target_prob": round(float(r.target_prob[0]), 6),
-                      "final_target_prob": round(float(r.target_prob[-1]), 6), "steps_run": len(r.loss) - 1}
-                     for r, asr in cr.runs],
+            "runs": [{"config": r.config, "asr": round(r.asr, 6), "initial_target_prob": round(r.initial_target_prob, 6),
+                      "final_target_prob": round(r.final_target_prob, 6), "steps_run": r.steps_run}
+                     for r in cr.runs],
         })
     settings = result.settings
     return {
@@ -74,7 +74,7 @@ def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], 
     shown = [cr for cr in result.classes if cr.flagged] or [max(result.classes, key=lambda cr: cr.score)]
     pictures = {}
     for cr in shown:
-        best, _ = cr.best
+        best = cr.best
         folder = out_dir / f"class-{cr.label}"
         folder.mkdir()
         files = save_inversion_pictures(folder, best.image, best.synthesized)
