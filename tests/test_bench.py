@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from smoothinv.bench.detect import auroc, nc_decision, scan_image
-from smoothinv.detection.scan import ClassResult, RunRecord, ScanResult, ScanSettings
+from smoothinv.detection.scan import ClassResult, Evidence, RunRecord, ScanResult, ScanSettings
 from smoothinv.methods.base import InversionResult
 from smoothinv.triggers import AdditiveTrigger
 
@@ -29,7 +29,7 @@ def _class_result(label: int, mask_l1: float) -> ClassResult:
     x = torch.zeros(1, 2, 2)
     r = InversionResult("nc", label, x, x, AdditiveTrigger(x), torch.zeros(2), torch.zeros(2), {}, 0.0,
                         extras={"mask_l1": mask_l1})
-    return ClassResult(label, 0, [RunRecord.of(r, 0.5)], r, 0.5, {})
+    return ClassResult(label, 0, [RunRecord.of(r, 0.5)], {}, evidence=Evidence(r, 0.5, {}))
 
 
 def test_nc_decision_flags_small_mask_outlier():

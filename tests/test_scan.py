@@ -42,9 +42,10 @@ def test_robust_z_and_floor():
 def test_rule_flags_an_outlier_at_some_eps():
     # eps 1: only class 3 transfers; eps 2: everyone transfers (a universal perturbation)
     asr = torch.tensor([[0.02, 0.95], [0.01, 0.97], [0.03, 0.96], [0.92, 1.0], [0.0, 0.94]])
-    scores, z = class_scores(asr, DecisionRule())
+    scores, z, at = class_scores(asr, DecisionRule())
     assert flagged(scores, DecisionRule()) == [3]
     assert z.shape == (5, 2) and float(z[3, 1]) < 4  # at eps 2 nobody stands out
+    assert int(at[3]) == 0  # class 3's evidence is its eps-1 perturbation, not the universal one
 
 
 def test_rule_does_not_flag_universal_or_weak_transfer():
@@ -103,9 +104,12 @@ def test_scan_flags_planted_target(planted):
     result = scan(model, images, x, y, 10, FAST)
     assert result.verdict == "backdoored" and result.targets == [PLANTED_TARGET], [(c.label, c.score) for c in result.classes]
     target = next(c for c in result.classes if c.label == PLANTED_TARGET)
-    assert target.best_asr > 0.8
-    assert PLANTED_TARGET not in target.best_asr_by_source and len(target.best_asr_by_source) == 9
-    assert min(target.best_asr_by_source.values()) > 0.5  # the planted backdoor flips every source class
+    evidence = target.evidence
+    assert evidence.asr > 0.8 and not target.candidates
+    column = FAST.eps.index(evidence.result.config["eps"])  # the evidence is where the score came from
+    assert target.z_by_eps[column] == pytest.approx(target.score, abs=1e-3) and target.asr_by_eps[column] >= 0.3
+    assert PLANTED_TARGET not in evidence.asr_by_source and len(evidence.asr_by_source) == 9
+    assert min(evidence.asr_by_source.values()) > 0.5  # the planted backdoor flips every source class
     assert 4 in result.skipped  # the image's own class cannot be tested with this image
 
 
@@ -142,7 +146,8 @@ def test_scan_in_class_chunks_bounds_memory_and_keeps_the_verdict(planted, monke
     result = scan(model, [x[y == 4][0]], x, y, 10, FAST, progress=lambda label, n: steps.append(n))
     assert result.targets == [PLANTED_TARGET] and len(result.classes) == 9
     assert sum(steps) == scan_module.scan_steps(FAST, (1, 20, 20), 9) == 5 * FAST.steps
-    assert all(len(c.runs) == 4 and c.best_asr == max(r.asr for r in c.runs) for c in result.classes)
+    assert all(len(c.runs) == 4 and c.evidence.asr == max(r.asr for r in c.runs if r.config["eps"] == c.evidence.result.config["eps"])
+               for c in result.classes)
     # a budget that runs out during the first chunk: later chunks are skipped with a reason
     monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 4 * 400)
     late = scan(model, [x[y == 4][0]], x, y, 10, replace(FAST, time_budget=0.05))
@@ -225,7 +230,8 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
     assert [p["sigma"] for p in record["noise_sink"]["probes"]] == [0.25, 0.5, 1.0]
     assert isinstance(record["warnings"], list)
     flagged_class = next(c for c in record["classes"] if c["class"] == PLANTED_TARGET)
-    assert set(flagged_class["best"]["asr_by_source"]) == {str(c) for c in range(10)} - {str(PLANTED_TARGET)}
+    assert set(flagged_class["evidence"]["asr_by_source"]) == {str(c) for c in range(10)} - {str(PLANTED_TARGET)}
+    assert flagged_class["max_asr"] >= flagged_class["evidence"]["asr"]
     html = (out / "report.html").read_text()
     assert "Noise sink" in html and "sources it flips most" in html
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
@@ -240,7 +246,7 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
 
 def test_record_warns_when_a_flagged_class_is_the_noise_sink():
     from smoothinv.detection.noise_sink import NoiseSink as Sink
-    from smoothinv.detection.scan import ClassResult, RunRecord, ScanResult
+    from smoothinv.detection.scan import ClassResult, Evidence, RunRecord, ScanResult
     from smoothinv.methods.base import InversionResult
     from smoothinv.reporting.scan_report import scan_record
     from smoothinv.triggers import AdditiveTrigger
@@ -250,7 +256,7 @@ def test_record_warns_when_a_flagged_class_is_the_noise_sink():
     def cls(label, flag):
         r = InversionResult("smoothinv", label, x, x, AdditiveTrigger(x), torch.zeros(2), torch.zeros(2), {"eps": 1.0}, 0.0)
         asr = 0.9 if flag else 0.1
-        return ClassResult(label, 0, [RunRecord.of(r, asr)], r, asr, {0: asr}, flagged=flag)
+        return ClassResult(label, 0, [RunRecord.of(r, asr)], {}, flagged=flag, evidence=Evidence(r, asr, {0: asr}))
 
     sink = Sink(0.1, 0.55, [{"sigma": 0.25, "sink_class": 6, "share": 0.97, "collapsed": True}])
     result = ScanResult(ScanSettings(), (1.0,), (0.25,), sink, [cls(6, True), cls(3, False)], {}, [0], {"total_s": 1.0}, False)

@@ -35,7 +35,7 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
 def nc_decision(result: ScanResult) -> tuple[list[int], float]:
     """Neural Cleanse's own rule on the scan's per-class masks: (flagged classes, score)."""
     labels = [c.label for c in result.classes]
-    norms = [float(c.best.extras.get("mask_l1", float("nan"))) for c in result.classes]
+    norms = [float(c.evidence.result.extras.get("mask_l1", float("nan"))) for c in result.classes]
     index = mad_anomaly_index(norms)
     median = float(torch.tensor(norms).median())
     below = [i for i, n in zip(index, norms) if n < median]
@@ -75,7 +75,8 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
                "target_found": (record["target"] in targets) if backdoored else None,
                "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas), "eps": list(result.eps),
                "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score,
-                                     "best_asr_by_source": {s: round(v, 4) for s, v in c.best_asr_by_source.items()}}
+                                     "evidence_eps": c.evidence.result.config.get("eps"),
+                                     "evidence_asr_by_source": {s: round(v, 4) for s, v in c.evidence.asr_by_source.items()}}
                            for c in result.classes}}
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")

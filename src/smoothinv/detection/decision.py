@@ -22,6 +22,7 @@ ASR into a huge z. The defaults are calibrated on the zoo's clean models (docs/b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,12 +49,22 @@ def robust_z(values: Tensor, floor: float) -> Tensor:
     return (values - median) / max(MAD_CONSISTENCY * float(mad), floor)
 
 
-def class_scores(asr: Tensor, rule: DecisionRule) -> tuple[Tensor, Tensor]:
-    """asr [K classes, E eps] (max over σ) → (score [K], z [K,E])."""
+class Scores(NamedTuple):
+    """score [K]; z [K,E]; at [K]: the ε column each score came from (the class's evidence)."""
+
+    score: Tensor
+    z: Tensor
+    at: Tensor
+
+
+def class_scores(asr: Tensor, rule: DecisionRule) -> Scores:
+    """asr [K classes, E eps] (max over σ) → each class's score, z-scores and deciding ε."""
     z = torch.stack([robust_z(asr[:, e], rule.spread_floor) for e in range(asr.shape[1])], dim=1)
     counted = torch.where(asr >= rule.min_asr, z, torch.full_like(z, -torch.inf))
-    score = counted.max(dim=1).values
-    return torch.where(torch.isinf(score), z.max(dim=1).values.clamp(max=0.0), score), z
+    best, at = counted.max(dim=1)
+    uncounted = torch.isinf(best)
+    score = torch.where(uncounted, z.max(dim=1).values.clamp(max=0.0), best)
+    return Scores(score, z, torch.where(uncounted, z.argmax(dim=1), at))
 
 
 def flagged(scores: Tensor, rule: DecisionRule) -> list[int]:

@@ -56,8 +56,8 @@ class ScanSettings:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One config's outcome for a class. Only the best run's tensors are kept, so memory does
-    not grow with classes × configs."""
+    """One config's outcome for a class. Only each ε's best run keeps its tensors, so memory does
+    not grow with the number of σ."""
 
     config: dict[str, Any]
     asr: float
@@ -71,21 +71,36 @@ class RunRecord:
 
 
 @dataclass
+class Evidence:
+    """A class's best perturbation over σ at one ε, its transfer ASR, and its ASR per source
+    class (a label-specific backdoor flips only some classes)."""
+
+    result: InversionResult
+    asr: float
+    asr_by_source: dict[int, float]
+
+
+@dataclass
 class ClassResult:
-    """One scanned class: every config's record, the best run (highest ASR, then final target
-    probability) with its ASR per source class (a label-specific backdoor flips only some
-    classes), and the per-ε ASR, z-scores and score the decision rule gives it."""
+    """One scanned class: every config's record, the per-ε ASR, z-scores and score the decision
+    rule gives it, and its evidence: the perturbation at the ε its score came from. (The highest
+    ASR is usually at the largest ε, where every class has a universal perturbation; that
+    picture would show nothing.) `candidates` holds the best run per ε until the rule picks."""
 
     label: int
     image_index: int
     runs: list[RunRecord]
-    best: InversionResult
-    best_asr: float
-    best_asr_by_source: dict[int, float]
+    candidates: dict[float | None, Evidence]
     asr_by_eps: list[float] = field(default_factory=list)
     z_by_eps: list[float] = field(default_factory=list)
     score: float = 0.0
     flagged: bool = False
+    evidence: Evidence | None = None
+
+    def decide(self, eps: float | None) -> None:
+        """Keep the evidence at `eps` (the best candidate if that ε never ran) and drop the rest."""
+        self.evidence = self.candidates.get(eps) or max(self.candidates.values(), key=lambda e: e.asr)
+        self.candidates = {}
 
 
 @dataclass
@@ -175,13 +190,14 @@ def scan(
         raise SmoothInvError("the time budget ran out before any class was synthesised; raise --time-budget")
 
     by_eps = torch.tensor([_asr_by_eps(cr, eps) for cr in results])
-    scores, z = class_scores(by_eps, settings.rule)
-    hits = set(flagged(scores, settings.rule))
+    scores = class_scores(by_eps, settings.rule)
+    hits = set(flagged(scores.score, settings.rule))
     for i, cr in enumerate(results):
         cr.asr_by_eps = [round(float(v), 6) for v in by_eps[i]]
-        cr.z_by_eps = [round(float(v), 4) for v in z[i]]
-        cr.score = round(float(scores[i]), 4)
+        cr.z_by_eps = [round(float(v), 4) for v in scores.z[i]]
+        cr.score = round(float(scores.score[i]), 4)
         cr.flagged = i in hits
+        cr.decide(eps[int(scores.at[i])] if by_eps.shape[1] > 1 else None)
     seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
                "total_s": round(time.perf_counter() - start, 3)}
     return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out))
@@ -197,13 +213,15 @@ def class_chunks(labels: list[int], settings: ScanSettings, grid: Grid, shape: S
 
 def _evaluate(model: nn.Module, label: int, image_index: int, runs: list[InversionResult], clean_images: Tensor,
               clean_labels: Tensor, batch_size: int) -> ClassResult:
-    """Measure every run's transfer ASR; keep the best run whole and the others as records."""
+    """Measure every run's transfer ASR; keep the best run per ε whole and the others as records."""
     asrs = [attack_success_rate(model, r.trigger, clean_images, clean_labels, label, batch_size) for r in runs]
-    best_i = max(range(len(runs)), key=lambda i: (asrs[i], float(runs[i].target_prob[-1])))
-    best = runs[best_i]
-    by_source = asr_by_source(model, best.trigger, clean_images, clean_labels, label, batch_size)
-    return ClassResult(label, image_index, [RunRecord.of(r, a) for r, a in zip(runs, asrs)], best, asrs[best_i],
-                       by_source)
+    candidates = {}
+    for e in {r.config.get("eps") for r in runs}:
+        i = max((i for i, r in enumerate(runs) if r.config.get("eps") == e),
+                key=lambda i: (asrs[i], float(runs[i].target_prob[-1])))
+        by_source = asr_by_source(model, runs[i].trigger, clean_images, clean_labels, label, batch_size)
+        candidates[e] = Evidence(runs[i], asrs[i], by_source)
+    return ClassResult(label, image_index, [RunRecord.of(r, a) for r, a in zip(runs, asrs)], candidates)
 
 
 def _asr_by_eps(result: ClassResult, eps: tuple[float, ...]) -> list[float]:

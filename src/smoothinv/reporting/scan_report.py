@@ -28,7 +28,7 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
 
     classes = []
     for cr in result.classes:
-        best, best_asr = cr.best, cr.best_asr
+        evidence = cr.evidence
         classes.append({
             "class": cr.label,
             "name": name(cr.label),
@@ -37,10 +37,11 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
             "flagged": cr.flagged,
             "asr_by_eps": cr.asr_by_eps,
             "z_by_eps": cr.z_by_eps,
-            "best": {"asr": round(best_asr, 6), "config": best.config,
-                     "final_target_prob": round(float(best.target_prob[-1]), 6),
-                     "perturbation_l2": round(float(best.perturbation.norm()), 6),
-                     "asr_by_source": {str(k): round(v, 6) for k, v in cr.best_asr_by_source.items()}},
+            "max_asr": round(max(r.asr for r in cr.runs), 6),
+            "evidence": {"asr": round(evidence.asr, 6), "config": evidence.result.config,
+                         "final_target_prob": round(float(evidence.result.target_prob[-1]), 6),
+                         "perturbation_l2": round(float(evidence.result.perturbation.norm()), 6),
+                         "asr_by_source": {str(k): round(v, 6) for k, v in evidence.asr_by_source.items()}},
             "runs": [{"config": r.config, "asr": round(r.asr, 6), "initial_target_prob": round(r.initial_target_prob, 6),
                       "final_target_prob": round(r.final_target_prob, 6), "steps_run": r.steps_run}
                      for r in cr.runs],
@@ -74,10 +75,10 @@ def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], 
     shown = [cr for cr in result.classes if cr.flagged] or [max(result.classes, key=lambda cr: cr.score)]
     pictures = {}
     for cr in shown:
-        best = cr.best
+        evidence = cr.evidence.result
         folder = out_dir / f"class-{cr.label}"
         folder.mkdir()
-        files = save_inversion_pictures(folder, best.image, best.synthesized)
+        files = save_inversion_pictures(folder, evidence.image, evidence.synthesized)
         pictures[cr.label] = {k: f"class-{cr.label}/{v}" for k, v in files.items()}
     record = {**record, "pictures": {str(c): files for c, files in pictures.items()},
               "files": {"report": "report.html", "scan": "scan.json", "images": [f"image-{i}.png" for i in range(len(images))]}}
@@ -86,17 +87,17 @@ def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], 
 
 
 def _bar_chart(classes: list[dict[str, Any]]) -> str:
-    """Inline SVG: each class's best transfer ASR, flagged classes in red."""
+    """Inline SVG: the transfer ASR of each class's evidence, flagged classes in red."""
     width, bar, gap, height = 40 + len(classes) * 46, 34, 12, 220
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" role="img" '
-             'aria-label="best transfer ASR per class">',
+             'aria-label="transfer ASR of each class evidence">',
              f'<line x1="30" y1="{height}" x2="{width}" y2="{height}" stroke="#444"/>']
     for tick in (0, 0.5, 1.0):
         y = height - tick * (height - 20)
         parts.append(f'<text x="2" y="{y + 4:.0f}" font-size="10">{tick:.0%}</text>'
                      f'<line x1="28" y1="{y:.0f}" x2="{width}" y2="{y:.0f}" stroke="#ddd"/>')
     for i, c in enumerate(classes):
-        asr = c["best"]["asr"]
+        asr = c["evidence"]["asr"]
         h = asr * (height - 20)
         x = 34 + i * (bar + gap)
         color = "#c62828" if c["flagged"] else "#78909c"
@@ -111,7 +112,7 @@ def _bar_chart(classes: list[dict[str, Any]]) -> str:
 
 
 def _top_sources(by_source: dict[str, float], k: int = 3) -> str:
-    """'6: 98%, 7: 95%, 8: 91%': the k source classes the best trigger flips most."""
+    """'6: 98%, 7: 95%, 8: 91%': the k source classes a perturbation flips most."""
     top = sorted(by_source.items(), key=lambda kv: -kv[1])[:k]
     return ", ".join(f"{s}: {v:.0%}" for s, v in top)
 
@@ -121,10 +122,10 @@ def render_html(record: dict[str, Any], pictures: dict[int, dict[str, str]]) -> 
     targets = ", ".join(f"{c} ({n})" if n else str(c) for c, n in zip(record["targets"], record["target_names"])) or "none"
     rows = "".join(
         f"<tr{' class=flag' if c['flagged'] else ''}><td>{c['class']}</td><td>{html.escape(str(c['name'] or ''))}</td>"
-        f"<td>{c['best']['asr']:.1%}</td><td>{c['score']:.2f}</td>"
+        f"<td>{c['evidence']['asr']:.1%}</td><td>{c['score']:.2f}</td>"
         f"<td>{' / '.join(f'{a:.0%}' for a in c['asr_by_eps'])}</td>"
-        f"<td>eps {c['best']['config'].get('eps', '–')}, sigma {c['best']['config'].get('sigma', '–')}</td>"
-        f"<td>{html.escape(_top_sources(c['best']['asr_by_source']))}</td></tr>"
+        f"<td>eps {c['evidence']['config'].get('eps', '–')}, sigma {c['evidence']['config'].get('sigma', '–')}</td>"
+        f"<td>{html.escape(_top_sources(c['evidence']['asr_by_source']))}</td></tr>"
         for c in record["classes"])
     figures = "".join(
         f"<figure><img src=\"{html.escape(files['overview'])}\" alt=\"class {c} trigger\"><figcaption>class {c}: "
@@ -150,10 +151,10 @@ ul.warn {{ color: #8a4b00; }} img.small {{ height: 96px; margin-right: .5em; }} 
 <p>Model <code>{html.escape(str(record.get('model', {}).get('path', '')))}</code>, method <b>{html.escape(record['settings']['method'])}</b>,
 {len(record['classes'])} classes scanned in {record['timings']['total_s']:.0f} s{' (time budget reached: partial)' if record['timed_out'] else ''}.</p>
 <h2>Clean image(s)</h2><p>{images}</p>
-<h2>Best transfer ASR per class</h2>{_bar_chart(record['classes'])}
+<h2>Transfer ASR per class, at the eps each score came from</h2>{_bar_chart(record['classes'])}
 <h2>Recovered triggers</h2>{figures}
 <h2>Per class</h2>
-<table><tr><th>class</th><th>name</th><th>best ASR</th><th>score</th><th>ASR at each eps</th><th>best config</th><th>sources it flips most</th></tr>{rows}</table>
+<table><tr><th>class</th><th>name</th><th>ASR</th><th>score</th><th>ASR at each eps</th><th>evidence config</th><th>sources it flips most</th></tr>{rows}</table>
 {f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}
 <h2>Decision rule</h2><p>{html.escape(record['rule'])}</p>
 {_noise_sink(record['noise_sink'])}
