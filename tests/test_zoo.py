@@ -292,3 +292,21 @@ def test_sanity_command(tmp_path, monkeypatch, capsys):
     assert code == 2 and err.startswith("error:") and "JSON" in err
     code, _, err = run_cli(monkeypatch, capsys, *common, "--attack", "no-such-zoo-model")
     assert code == 2 and "badnets" in err
+
+
+def test_scan_command_on_a_committed_zoo_file(tmp_path, monkeypatch, capsys):
+    """`smoothinv scan` takes a zoo model's safetensors file as it is: arch and input from its metadata."""
+    from smoothinv.zoo.manifest import STORE
+
+    path = STORE / "fmnist-badnets.safetensors"
+    if not path.is_file():
+        pytest.skip("fmnist-badnets is not built")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "clean.npz", x=rng.integers(0, 255, (40, 28, 28, 1), dtype=np.uint8), y=np.arange(40) % 10)
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path / "img.png")
+    code, out, err = run_cli(monkeypatch, capsys, "scan", "--model", str(path), "--image", str(tmp_path / "img.png"),
+                             "--clean", str(tmp_path / "clean.npz"), "--out", str(tmp_path / "scan"), "--classes", "0,1",
+                             "--eps", "1", "--sigma", "0.5", "--steps", "3", "--noise-samples", "1")
+    assert code == 0, err
+    record = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert record["model"]["arch"] == "small_cnn" and {c["class"] for c in record["classes"]} <= {0, 1}

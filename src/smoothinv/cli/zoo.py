@@ -14,7 +14,7 @@ from ..reporting.outputs import write_text
 from ..reporting.zoo_report import zoo_markdown
 from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
-from ..zoo.manifest import import_records
+from ..zoo.manifest import import_records, zoo_dir as zoo_dir_path
 
 err = Console(stderr=True)
 stdout = Console(soft_wrap=True)
@@ -65,6 +65,9 @@ def list_command(zoo_dir: Path | None) -> None:
         attack = "clean" if r["attack"] is None else f"{r['attack']['attack']} -> {r['target']} ({r['mode']})"
         asr = "" if r["true_trigger_asr"] is None else f"  ASR {r['true_trigger_asr']:.1%}"
         stdout.print(f"{r['name']:<24} {r['arch']:<10} {attack:<32} acc {r['clean_accuracy']:.1%}{asr}  {r['train_seconds']:.0f}s")
+    if built:
+        stdout.print(f"weights: {zoo_dir_path(zoo_dir)}/<name>.safetensors (pass one to scan, invert or sanity as --model)",
+                     highlight=False, soft_wrap=True)
 
 
 @zoo_group.command("sanity")
