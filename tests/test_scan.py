@@ -113,6 +113,22 @@ def test_scan_flags_planted_target(planted):
     assert 4 in result.skipped  # the image's own class cannot be tested with this image
 
 
+def test_scan_falls_back_to_a_smaller_sigma_when_nothing_moved(planted):
+    model, _, x, y = planted
+    # pinned_asr above 100% makes any first grid count as "nothing moved"
+    settings = replace(FAST, fallback_sigmas=(0.25,), pinned_asr=1.01)
+    result = scan(model, [x[y == 4][0]], x, y, 10, settings, classes=[1, PLANTED_TARGET])
+    assert result.sigmas == (0.25,) and result.fallback_from["sigmas"] == [0.5, 1.0]
+    assert all(r.config["sigma"] == 0.25 for c in result.classes for r in c.runs)
+    assert next(c for c in result.classes if c.label == PLANTED_TARGET).evidence.asr > 0.8
+    from smoothinv.reporting.scan_report import scan_record
+
+    assert "this result comes from sigma 0.25" in " ".join(scan_record(result, {}, None)["warnings"])
+    # a model that moves keeps its grid
+    normal = scan(model, [x[y == 4][0]], x, y, 10, replace(FAST, fallback_sigmas=(0.25,)), classes=[1, PLANTED_TARGET])
+    assert normal.fallback_from is None and normal.sigmas == FAST.sigmas
+
+
 def test_scan_does_not_flag_clean_twin(planted_clean_twin):
     model, _, x, y = planted_clean_twin
     result = scan(model, [x[y == 4][0]], x, y, 10, FAST)
@@ -242,6 +258,10 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
                            str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
                            str(tmp_path / "scan2"), "--classes", "3,99")
     assert code == 2 and err.startswith("error:") and not Path(tmp_path / "scan2").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
+                           str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
+                           str(tmp_path / "scan3"), "--fallback-sigma", "0")
+    assert code == 2 and "--fallback-sigma" in err and not Path(tmp_path / "scan3").exists()
 
 
 def test_record_warns_when_a_flagged_class_is_the_noise_sink():

@@ -74,6 +74,7 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
                "correct": bool(targets) == backdoored,
                "target_found": (record["target"] in targets) if backdoored else None,
                "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas), "eps": list(result.eps),
+               "fallback_from": result.fallback_from,
                "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score,
                                      "evidence_eps": c.evidence.result.config.get("eps"),
                                      "evidence_asr_by_source": {s: round(v, 4) for s, v in c.evidence.asr_by_source.items()}}

@@ -16,7 +16,8 @@ from rich.table import Table
 from .. import __version__
 from ..data import load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
-from ..detection.scan import SCAN_SIGMAS, scan_steps
+from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, scan_steps
+from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
@@ -38,6 +39,9 @@ stdout = Console()
 @click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
 @click.option("--eps", help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
 @click.option("--sigma", help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True,
+              help="Noise levels to rerun at if no perturbation flips even 10% of the clean images at --sigma "
+                   "(noise pins the model to one class); 'none' disables.")
 @click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--time-budget", type=float, help="Stop synthesis after this many seconds and decide on what was found.")
@@ -61,10 +65,14 @@ def scan_command(**opts: Any) -> None:
         check_target(torch.tensor(classes), subject.num_classes)
     eps = float_list(opts["eps"], "--eps")
     sigmas = float_list(opts["sigma"], "--sigma")
+    fallback = () if opts["fallback_sigma"].strip().lower() in ("", "none") else float_list(opts["fallback_sigma"],
+                                                                                            "--fallback-sigma")
+    if any(v <= 0 for v in fallback):
+        raise SmoothInvError(f"--fallback-sigma values must be > 0 (got {opts['fallback_sigma']!r}); 'none' disables it")
     settings = ScanSettings(
         method=opts["method"], eps=None if eps is None else tuple(eps),
         sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS, noise_samples=opts["noise_samples"], steps=opts["steps"],
-        time_budget=opts["time_budget"], max_batch=opts["max_batch"], seed=opts["seed"],
+        time_budget=opts["time_budget"], max_batch=opts["max_batch"], seed=opts["seed"], fallback_sigmas=tuple(fallback),
         rule=DecisionRule(threshold=opts["threshold"]),
     )
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +27,11 @@ from .noise_sink import NoiseSink, probe_noise_sink
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
 SCAN_SIGMAS = (0.25, 0.5, 1.0)
+FALLBACK_SIGMAS = (0.12,)
+PINNED_ASR = 0.1
+"""If no class's perturbation flips even PINNED_ASR of the clean images at any (ε, σ), G did not
+move: noise sends every image to one class with probability ≈ 1, so the gradient vanishes
+(cifar10-htba: its trigger is fired by noise itself). The scan then reruns at FALLBACK_SIGMAS."""
 ROW_ELEMENTS = 2**25
 """Image elements in one descent's rows (128 MB as float32); more classes are scanned in chunks."""
 
@@ -49,6 +54,8 @@ class ScanSettings:
     max_batch: int = 256
     seed: int = 0
     rule: DecisionRule = DecisionRule()
+    fallback_sigmas: tuple[float, ...] = FALLBACK_SIGMAS
+    pinned_asr: float = PINNED_ASR
 
     def options(self) -> dict[str, Any]:
         return {"steps": self.steps, "noise_samples": self.noise_samples, "max_batch": self.max_batch}
@@ -114,6 +121,12 @@ class ScanResult:
     image_predictions: list[int]
     seconds: dict[str, float]
     timed_out: bool
+    fallback_from: dict[str, Any] | None = None
+    """Set when this result comes from the fallback σ: the first grid's σ and highest ASR."""
+
+    @property
+    def max_asr(self) -> float:
+        return max((max(c.asr_by_eps) for c in self.classes), default=0.0)
 
     @property
     def targets(self) -> list[int]:
@@ -139,9 +152,28 @@ def scan(
     Each class is synthesised from the first image the model does not already assign to
     it (a perturbation toward an image's own class says nothing); a class with no such
     image is skipped. ASR is measured on clean_images [N,C,H,W] whose label is not the class.
+    If no perturbation moved anything (see PINNED_ASR), the scan reruns at the fallback σ and
+    records the first grid in `fallback_from`.
     """
     start = time.perf_counter()
     deadline = None if settings.time_budget is None else start + settings.time_budget
+    result = _scan_once(model, images, clean_images, clean_labels, num_classes, settings, classes, progress, deadline)
+    fallback = tuple(s for s in settings.fallback_sigmas if s not in result.sigmas)
+    if not result.sigmas or not fallback or result.timed_out or result.max_asr >= settings.pinned_asr:
+        return result
+    retry = _scan_once(model, images, clean_images, clean_labels, num_classes, replace(settings, sigmas=fallback), classes,
+                       progress, deadline)
+    retry.fallback_from = {"sigmas": list(result.sigmas), "max_asr": round(result.max_asr, 6),
+                           "seconds": result.seconds["total_s"]}
+    retry.seconds["total_s"] = round(time.perf_counter() - start, 3)
+    return retry
+
+
+def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor, clean_labels: Tensor,
+               num_classes: int, settings: ScanSettings, classes: Sequence[int] | None,
+               progress: ProgressHook | None, deadline: float | None) -> ScanResult:
+    """One scan over settings.sigmas (see `scan`)."""
+    start = time.perf_counter()
     stack = torch.stack(list(images))
     predictions = predict(model, stack).tolist()
     wanted = list(range(num_classes)) if classes is None else sorted(set(classes))

@@ -62,6 +62,7 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
         "image_predictions": result.image_predictions,
         "skipped_classes": {str(c): why for c, why in result.skipped.items()},
         "timed_out": result.timed_out,
+        "fallback_from": result.fallback_from,
         "timings": result.seconds,
         "classes": classes,
     }
@@ -166,10 +167,17 @@ ul.warn {{ color: #8a4b00; }} img.small {{ height: 96px; margin-right: .5em; }} 
 
 def _warnings(result: ScanResult, name: Callable[[int], str | None]) -> list[str]:
     """Caveats an auditor should read next to the verdict."""
+    notes = []
+    if result.fallback_from:
+        first = result.fallback_from
+        notes.append(f"at sigma {', '.join(f'{s:g}' for s in first['sigmas'])} no class's perturbation flipped "
+                     f"{result.settings.pinned_asr:.0%} of the clean images (highest {first['max_asr']:.1%}): noise pins "
+                     f"the smoothed model to one class there, so this result comes from sigma "
+                     f"{', '.join(f'{s:g}' for s in result.sigmas)}")
     if result.noise_sink is None:
-        return []
+        return notes
     sinks = result.noise_sink.sink_classes
-    return [f"class {c}{f' ({name(c)})' if name(c) else ''} is also where the smoothed model sends most noisy clean "
+    return notes + [f"class {c}{f' ({name(c)})' if name(c) else ''} is also where the smoothed model sends most noisy clean "
             "images (see Noise sink); every model reaches its noise sink easily, so compare with a clean model "
             "of the same kind before concluding" for c in result.targets if c in sinks]
 
