@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.early_stop import RowStopper
-from ..engine.metrics import asr_by_source, attack_success_rate, predict
+from ..engine.metrics import hits_by_source, predict, triggered_hits
 from ..engine.sweep import PAPER_EPS, Grid, ProgressHook, eps_scale, grid_options
 from ..errors import SmoothInvError
 from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
@@ -246,13 +246,13 @@ def class_chunks(labels: list[int], settings: ScanSettings, grid: Grid, shape: S
 def _evaluate(model: nn.Module, label: int, image_index: int, runs: list[InversionResult], clean_images: Tensor,
               clean_labels: Tensor, batch_size: int) -> ClassResult:
     """Measure every run's transfer ASR; keep the best run per ε whole and the others as records."""
-    asrs = [attack_success_rate(model, r.trigger, clean_images, clean_labels, label, batch_size) for r in runs]
+    hits = [triggered_hits(model, r.trigger, clean_images, clean_labels, label, batch_size) for r in runs]
+    asrs = [int(h.sum()) / len(h) for h in hits]
     candidates = {}
     for e in {r.config.get("eps") for r in runs}:
         i = max((i for i, r in enumerate(runs) if r.config.get("eps") == e),
                 key=lambda i: (asrs[i], float(runs[i].target_prob[-1])))
-        by_source = asr_by_source(model, runs[i].trigger, clean_images, clean_labels, label, batch_size)
-        candidates[e] = Evidence(runs[i], asrs[i], by_source)
+        candidates[e] = Evidence(runs[i], asrs[i], hits_by_source(hits[i], clean_labels, label))
     return ClassResult(label, image_index, [RunRecord.of(r, a) for r, a in zip(runs, asrs)], candidates)
 
 

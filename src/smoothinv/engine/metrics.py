@@ -27,7 +27,7 @@ def attack_success_rate(
 ) -> float:
     """ASR: among clean images whose label is not `target`, the fraction that the
     triggered image sends to `target`."""
-    hits = _triggered_hits(model, trigger, images, labels, target, batch_size)
+    hits = triggered_hits(model, trigger, images, labels, target, batch_size)
     return int(hits.sum()) / len(hits)
 
 
@@ -37,13 +37,17 @@ def asr_by_source(
     """ASR per true class of the clean images [N,C,H,W]: {source label: fraction sent to target}.
 
     A label-specific backdoor flips only its source classes, which an overall ASR dilutes."""
-    hits = _triggered_hits(model, trigger, images, labels, target, batch_size)
+    return hits_by_source(triggered_hits(model, trigger, images, labels, target, batch_size), labels, target)
+
+
+def hits_by_source(hits: Tensor, labels: Tensor, target: int) -> dict[int, float]:
+    """Split `triggered_hits` [M] by the true label of those M images: {source label: fraction}."""
     others = labels[labels != target]
-    return {int(s): int(hits[others == s].sum()) / int((others == s).sum()) for s in others.unique()}
+    return {int(s): float(hits[others == s].float().mean()) for s in others.unique()}
 
 
-def _triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int,
-                    batch_size: int) -> Tensor:
+def triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int,
+                   batch_size: int = 256) -> Tensor:
     """[M] bool, for the M clean images not labelled `target`: does the triggered image go to `target`?"""
     keep = labels != target
     if not bool(keep.any()):
