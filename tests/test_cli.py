@@ -532,3 +532,20 @@ def test_help_and_version(monkeypatch, capsys, args):
     assert stdout.strip()
     if args == ["invert", "--help"]:
         assert "--overwrite" in stdout and "--target" in stdout
+
+
+def test_step_bar_restarts_for_a_further_pass():
+    """The scan's σ fallback is a second pass: it gets its own bar instead of overrunning the first."""
+    import io
+
+    from rich.console import Console
+
+    from smoothinv.cli.progress import step_progress
+
+    out = io.StringIO()
+    with step_progress(6, Console(file=out, width=120, force_terminal=False)) as bar:
+        bar("first pass", 6)
+        bar.restart("second pass", 4)
+        bar("second pass", 4)
+    text = out.getvalue()
+    assert "6/6" in text and "4/4" in text and "second pass" in text

@@ -117,8 +117,16 @@ def test_scan_falls_back_to_a_smaller_sigma_when_nothing_moved(planted):
     model, _, x, y = planted
     # pinned_asr above 100% makes any first grid count as "nothing moved"
     settings = replace(FAST, fallback_sigmas=(0.25,), pinned_asr=1.01)
-    result = scan(model, [x[y == 4][0]], x, y, 10, settings, classes=[1, PLANTED_TARGET])
+    steps, reruns = [], []
+    result = scan(model, [x[y == 4][0]], x, y, 10, settings, classes=[1, PLANTED_TARGET],
+                  progress=lambda label, n: steps.append(n), on_fallback=lambda first, n: reruns.append((first, n, sum(steps))))
     assert result.sigmas == (0.25,) and result.fallback_from["sigmas"] == [0.5, 1.0]
+    # the hook hears of the rerun once, after the first grid, with the rerun's own step count
+    scan_steps = importlib.import_module("smoothinv.detection.scan").scan_steps
+    [(first, rerun_steps, done_before)] = reruns
+    assert first.sigmas == (0.5, 1.0) and first.max_asr == pytest.approx(result.fallback_from["max_asr"], abs=1e-6)
+    assert done_before == scan_steps(settings, (1, 20, 20), 2) and rerun_steps == scan_steps(replace(settings, sigmas=(0.25,)), (1, 20, 20), 2)
+    assert sum(steps) == done_before + rerun_steps
     assert all(r.config["sigma"] == 0.25 for c in result.classes for r in c.runs)
     assert next(c for c in result.classes if c.label == PLANTED_TARGET).evidence.asr > 0.8
     from smoothinv.reporting.scan_report import scan_record
@@ -263,6 +271,27 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
                            str(tmp_path / "scan3"), "--fallback-sigma", "0")
     assert code == 2 and "--fallback-sigma" in err and not Path(tmp_path / "scan3").exists()
 
+
+
+def test_scan_cli_announces_the_fallback_rerun(planted, tmp_path, monkeypatch, capsys):
+    import functools
+
+    from smoothinv.data import save_image
+    from smoothinv.models import save_model
+
+    model, _, x, y = planted
+    save_model(tmp_path / "m.safetensors", model, arch="small_cnn", num_classes=10, input_size=(20, 20), channels=1)
+    save_image(x[y == 4][0], tmp_path / "img.png")
+    np.savez(tmp_path / "clean.npz", x=np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), y=y.numpy())
+    # pinned_asr above 100% makes any first grid count as "nothing moved"
+    monkeypatch.setattr("smoothinv.cli.scan.ScanSettings", functools.partial(ScanSettings, pinned_asr=1.01))
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
+                           str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
+                           str(tmp_path / "scan"), "--classes", f"1,{PLANTED_TARGET}", "--eps", "1", "--sigma", "0.5",
+                           "--fallback-sigma", "0.25", "--noise-samples", "2", "--steps", "20")
+    assert code == 0, err
+    assert "rescanning at sigma 0.25" in err and err.count("20/20") == 2, err  # a second bar for the rerun
+    assert json.loads((tmp_path / "scan" / "scan.json").read_text())["fallback_from"]["sigmas"] == [0.5]
 
 def test_record_warns_when_a_flagged_class_is_the_noise_sink():
     from smoothinv.detection.noise_sink import NoiseSink as Sink

@@ -16,7 +16,7 @@ from rich.table import Table
 from .. import __version__
 from ..data import load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
-from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, scan_steps
+from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.base import check_target
@@ -77,8 +77,16 @@ def scan_command(**opts: Any) -> None:
     )
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
-    with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as hook:
-        result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes, hook)
+    with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as bar:
+        def rescan(first: ScanResult, steps: int) -> None:
+            sigmas = ", ".join(f"{v:g}" for v in settings.fallback_sigmas)
+            err.print(escape(f"no perturbation flipped {settings.pinned_asr:.0%} of the clean images at sigma "
+                             f"{', '.join(f'{v:g}' for v in first.sigmas)} (highest ASR {first.max_asr:.1%}); "
+                             f"rescanning at sigma {sigmas}"), style="yellow", highlight=False, soft_wrap=True)
+            bar.restart(f"scan {settings.method}", steps)
+
+        result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes, bar,
+                      on_fallback=rescan)
     context = {
         "smoothinv_version": __version__,
         "command": "smoothinv " + " ".join(sys.argv[1:]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +137,10 @@ class ScanResult:
         return "backdoored" if self.targets else "clean"
 
 
+FallbackHook = Callable[[ScanResult, int], None]
+"""Called with (the first grid's result, optimisation steps of the fallback rerun)."""
+
+
 def scan(
     model: nn.Module,
     images: Sequence[Tensor],
@@ -146,6 +150,7 @@ def scan(
     settings: ScanSettings = ScanSettings(),
     classes: Sequence[int] | None = None,
     progress: ProgressHook | None = None,
+    on_fallback: FallbackHook | None = None,
 ) -> ScanResult:
     """Scan `classes` (default: all) of `model` using the clean image(s) [C,H,W].
 
@@ -153,7 +158,7 @@ def scan(
     it (a perturbation toward an image's own class says nothing); a class with no such
     image is skipped. ASR is measured on clean_images [N,C,H,W] whose label is not the class.
     If no perturbation moved anything (see PINNED_ASR), the scan reruns at the fallback σ and
-    records the first grid in `fallback_from`.
+    records the first grid in `fallback_from`; `on_fallback` hears of the rerun before it starts.
     """
     start = time.perf_counter()
     deadline = None if settings.time_budget is None else start + settings.time_budget
@@ -161,8 +166,10 @@ def scan(
     fallback = tuple(s for s in settings.fallback_sigmas if s not in result.sigmas)
     if not result.sigmas or not fallback or result.timed_out or result.max_asr >= settings.pinned_asr:
         return result
-    retry = _scan_once(model, images, clean_images, clean_labels, num_classes, replace(settings, sigmas=fallback), classes,
-                       progress, deadline)
+    rerun = replace(settings, sigmas=fallback)
+    if on_fallback is not None:
+        on_fallback(result, scan_steps(rerun, images[0].shape, len(classes) if classes is not None else num_classes))
+    retry = _scan_once(model, images, clean_images, clean_labels, num_classes, rerun, classes, progress, deadline)
     retry.fallback_from = {"sigmas": list(result.sigmas), "max_asr": round(result.max_asr, 6),
                            "seconds": result.seconds["total_s"]}
     retry.seconds["total_s"] = round(time.perf_counter() - start, 3)
