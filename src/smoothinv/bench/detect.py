@@ -4,6 +4,7 @@ Per model: verdict, flagged targets, the detector score (the highest class score
 the true target was identified, seconds. Summary: verdict accuracy, AUROC of the score
 (backdoored vs clean models), target-identification accuracy, mean seconds per model.
 Neural Cleanse is scored with its own rule (MAD anomaly index of per-class mask norms).
+Shards run in parallel (one process per core, disjoint --model sets) join with `merge_reports`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from ..data.datasets import load_dataset
 from ..detection import ScanSettings, scan
 from ..detection.scan import ScanResult
+from ..errors import SmoothInvError
 from ..methods import mad_anomaly_index, nc_flagged
 from ..zoo import list_zoo, load_zoo_model
 
@@ -82,7 +84,37 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")
         rows.append(row)
-    return {"summary": summarize(rows, settings.method), "rows": rows}
+    config = {"method": settings.method, "steps": settings.steps, "noise_samples": settings.noise_samples,
+              "sigmas": list(settings.sigmas), "fallback_sigmas": list(settings.fallback_sigmas),
+              "clean_images": clean_images, "seed": seed}
+    return {"settings": config, "summary": summarize(rows, settings.method), "rows": rows}
+
+
+ROW_KEYS = frozenset({"model", "backdoored", "true_target", "verdict", "flagged", "score", "correct", "target_found",
+                      "seconds"})
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from shards that scanned disjoint models with the same settings; summary recomputed."""
+    if not reports:
+        raise SmoothInvError("nothing to merge: give at least one detection report")
+    for i, report in enumerate(reports):
+        rows = report.get("rows") if isinstance(report, dict) else None
+        if not isinstance(rows, list) or "settings" not in report or not all(
+                isinstance(row, dict) and ROW_KEYS <= row.keys() for row in rows):
+            raise SmoothInvError(f"report {i + 1} is not a `smoothinv bench detect --out` file "
+                                 f"(needs settings and rows with {', '.join(sorted(ROW_KEYS))})")
+        if report["settings"] != reports[0]["settings"]:
+            raise SmoothInvError(f"report {i + 1} was run with other settings ({report['settings']}) than report 1 "
+                                 f"({reports[0]['settings']}); only shards of one run can be merged")
+    rows = [row for report in reports for row in report["rows"]]
+    names = [row["model"] for row in rows]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SmoothInvError(f"model(s) {', '.join(twice)} appear in more than one report; shards must not overlap")
+    rows.sort(key=lambda row: row["model"])
+    settings = reports[0]["settings"]
+    return {"settings": settings, "summary": summarize(rows, settings["method"]), "rows": rows}
 
 
 def summarize(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:

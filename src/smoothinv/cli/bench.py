@@ -1,4 +1,4 @@
-"""`smoothinv bench detect|table2`."""
+"""`smoothinv bench detect|merge|table2`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from ..bench.detect import detect_benchmark
+from ..bench.detect import detect_benchmark, merge_reports
 from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
 from ..detection.scan import SCAN_SIGMAS
+from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..reporting.outputs import write_json, write_text
 from .options import float_list
@@ -46,14 +47,36 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
                             sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS)
     report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
                               log=lambda line: err.print(escape(line), highlight=False))
+    _print_detection(report)
+    if out is not None:
+        write_json(out, report)
+
+
+@bench_group.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Write the merged report as JSON here.")
+def merge_command(shards: tuple[Path, ...], out: Path) -> None:
+    """Join `bench detect --out` files of one run split over processes (disjoint --model sets)."""
+    reports = []
+    for path in shards:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise SmoothInvError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SmoothInvError(f"{path}: not a readable JSON report ({e})") from None
+    report = merge_reports(reports)
+    _print_detection(report)
+    write_json(out, report)
+
+
+def _print_detection(report: dict) -> None:
     stdout.print("| model | truth | verdict | flagged | score | s |")
     stdout.print("|---|---|---|---|---|---|")
     for r in report["rows"]:
         truth = f"target {r['true_target']}" if r["backdoored"] else "clean"
         stdout.print(f"| {r['model']} | {truth} | {r['verdict']} | {r['flagged']} | {r['score']:.2f} | {r['seconds']:.0f} |")
     stdout.print(json.dumps(report["summary"]))
-    if out is not None:
-        write_json(out, report)
 
 
 @bench_group.command("table2")
