@@ -79,10 +79,10 @@ def scan_command(**opts: Any) -> None:
                      f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
     with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as bar:
         def rescan(first: ScanResult, steps: int) -> None:
-            sigmas = ", ".join(f"{v:g}" for v in settings.fallback_sigmas)
             err.print(escape(f"no perturbation flipped {settings.pinned_asr:.0%} of the clean images at sigma "
                              f"{', '.join(f'{v:g}' for v in first.sigmas)} (highest ASR {first.max_asr:.1%}); "
-                             f"rescanning at sigma {sigmas}"), style="yellow", highlight=False, soft_wrap=True)
+                             f"rescanning at sigma {', '.join(f'{v:g}' for v in settings.fallback_sigmas)}"),
+                      style="yellow", highlight=False, soft_wrap=True)
             bar.restart(f"scan {settings.method}", steps)
 
         result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes, bar,
