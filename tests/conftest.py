@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one torch thread each, in this process and in the
+    # subprocesses tests start (two 2-thread jobs on two cores run many times slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 PLANTED_TARGET = 7
 
@@ -100,3 +108,22 @@ def planted():
 def planted_clean_twin():
     """The same model trained without the backdoor."""
     return _digits_model(poisoned=False)
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """Run `smoothinv ARGS` in-process (fast); return (exit status, stdout, stderr)."""
+    import sys
+
+    from smoothinv.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["smoothinv", *(str(a) for a in args)])
+    monkeypatch.delenv("SMOOTHINV_DEBUG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()  # drop anything earlier
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = 0 if e.code is None else int(e.code)
+    out, err = capsys.readouterr()
+    return code, out, err

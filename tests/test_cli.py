@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from smoothinv.cli import main as cli_main
+from conftest import run_cli
 from smoothinv.models import create_model, save_model
 
 FAST = ["--steps", "3", "--noise-samples", "2", "--eps", "1", "--sigma", "0.25"]
@@ -127,19 +127,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object):
-    """Run `smoothinv ARGS` in-process; return (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["smoothinv", *(str(a) for a in args)])
-    monkeypatch.delenv("SMOOTHINV_DEBUG", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
-    capsys.readouterr()  # drop anything earlier
-    try:
-        cli_main.main()
-        code = 0
-    except SystemExit as e:
-        code = 0 if e.code is None else e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def invert_args(files: dict[str, Path], out: Path, **overrides: object) -> list[str]:
@@ -164,6 +151,8 @@ def invert_args(files: dict[str, Path], out: Path, **overrides: object) -> list[
     args = ["invert"]
     for flag, value in opts.items():
         args.append(f"{flag}={value}")  # `=` so values such as -1 are never read as flags
+    if str(opts.get("--model", "")).endswith("_ts.pt"):
+        args.append("--trust-code")  # the TorchScript fixtures: TorchScript carries code
     return args
 
 
@@ -355,7 +344,7 @@ def test_bad_max_batch(monkeypatch, capsys, files, tmp_path, value):
 
 @pytest.mark.parametrize(("flag", "value", "mentions"), [
     ("steps", "0", "steps"),
-    ("noise_samples", "0", "noise samples"),
+    ("noise_samples", "0", "--noise-samples"),
     ("clean_limit", "0", "limit"),
 ])
 def test_bad_counts(monkeypatch, capsys, files, tmp_path, flag, value, mentions):
@@ -472,6 +461,7 @@ def test_invert_with_npz_and_overwrite(monkeypatch, capsys, files, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    (out / ".smoothinv-output").write_text('{"tool": "smoothinv", "files": ["stale.txt"]}')  # a previous run's output
     args = invert_args(files, out, clean=files["clean_npz"], model=files["safetensors"])
     code, _, stderr = run_cli(monkeypatch, capsys, *args, "--overwrite")
     assert code == 0, stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from smoothinv.engine.metrics import accuracy, attack_success_rate
 from smoothinv.engine.sweep import Grid, run_sweep
@@ -16,8 +18,15 @@ OTHER = 2
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Overrides conftest's: these tests train real models and use every core."""
+    """Overrides conftest's: these tests train real models and use every core, unless pytest-xdist
+    runs test files side by side (one worker per core), where one thread each is fastest."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
 
 
 def test_planted_backdoor_is_learned(planted):

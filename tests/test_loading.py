@@ -7,6 +7,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -235,7 +236,7 @@ def test_torchscript_scripted(tmp_path: Path) -> None:
     model = TinyNet().eval()
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(model), str(path))
-    loaded = load_model(path)
+    loaded = load_model(path, trust_code=True)
     assert loaded.format == "torchscript"
     assert loaded.arch is None and loaded.input_size is None and loaded.channels is None
     assert_ready(loaded)
@@ -248,7 +249,7 @@ def test_torchscript_traced_with_arch_defaults(tmp_path: Path) -> None:
     model = seeded("small_cnn")
     path = tmp_path / "traced.model"
     torch.jit.save(torch.jit.trace(model, torch.rand(1, 1, 28, 28)), str(path))
-    loaded = load_model(path, arch="small_cnn", mean=(0.5,), std=(0.5,))
+    loaded = load_model(path, arch="small_cnn", mean=(0.5,), std=(0.5,), trust_code=True)
     assert loaded.format == "torchscript" and loaded.arch == "small_cnn"
     assert (loaded.input_size, loaded.channels) == ((28, 28), 1)
     assert isinstance(loaded.module, Normalize)
@@ -264,23 +265,23 @@ def test_whole_pickled_model_needs_opt_in(tmp_path: Path, zip_format: bool) -> N
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).eval()
     path = tmp_path / "whole.pt"
     torch.save(model, path, _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(SmoothInvError, match="pickled Python object .*--unsafe-pickle") as err:
+    with pytest.raises(SmoothInvError, match="pickled Python object .*--trust-code") as err:
         load_model(path)
     assert "Sequential" in str(err.value) and "\n" not in str(err.value)
-    loaded = load_model(path, unsafe_pickle=True, input_size=(2, 2))
+    loaded = load_model(path, trust_code=True, input_size=(2, 2))
     assert loaded.format == "pickle" and loaded.arch is None
     assert loaded.input_size == (2, 2) and loaded.channels is None
     assert_ready(loaded)
     assert same_outputs(model, loaded.module, (2, 3, 2, 2))
 
 
-def test_unsafe_pickle_must_be_a_module(tmp_path: Path) -> None:
+def test_trusted_pickle_must_be_a_module(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([1, argparse.Namespace(lr=0.1)], path)  # Namespace: not weights_only-safe
-    with pytest.raises(SmoothInvError, match="--unsafe-pickle"):
+    with pytest.raises(SmoothInvError, match="--trust-code"):
         load_model(path)
     with pytest.raises(SmoothInvError, match="unpickled to a list, not a torch nn.Module"):
-        load_model(path, unsafe_pickle=True)
+        load_model(path, trust_code=True)
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "torch.save legacy", "pickle.dump"])
@@ -347,8 +348,49 @@ def test_zip_that_is_not_a_model(tmp_path: Path) -> None:
     path = tmp_path / "notes.pt"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("notes/readme.txt", "hi")
-    with pytest.raises(SmoothInvError, match="zip archive but not a PyTorch"):
+    with pytest.raises(SmoothInvError, match="zip archive holding notes/readme.txt, not a PyTorch checkpoint"):
         load_model(path)
+
+
+def _zip_of_safetensors(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.safetensors", b"x" * 100)
+
+
+def _npz(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, x=np.zeros(2))
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_zip_of_safetensors,
+         "is a zip archive holding model.safetensors, not a PyTorch checkpoint despite its .safetensors"),
+        (_npz, "is a NumPy .npz archive, not a PyTorch checkpoint"),
+        (lambda p: p.write_bytes(b"\x1f\x8b\x08\x00" + bytes(100)), "not a recognised model file despite its "
+         ".safetensors extension: it is a gzip archive"),
+        (lambda p: p.write_bytes(b"<!DOCTYPE html><html>404</html>"), "it is an HTML page"),
+        (lambda p: p.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"), "Git LFS pointer"),
+    ],
+)
+def test_misnamed_file_is_named_for_what_it_is(tmp_path: Path, make, says: str) -> None:
+    """Issue: a zip renamed .safetensors was refused as 'header too large'; the message now says what it is."""
+    path = tmp_path / "model.safetensors"
+    make(path)
+    with pytest.raises(SmoothInvError, match=says) as err:
+        load_model(path, arch="small_cnn")
+    assert "header too large" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_torch_checkpoint_renamed_safetensors_loads_by_content(tmp_path: Path) -> None:
+    """torch.load would read a path ending in .safetensors as safetensors ('header too large')."""
+    model = seeded("small_cnn")
+    path = tmp_path / "model.safetensors"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(path, arch="small_cnn")
+    assert loaded.format == "state_dict"
+    assert same_outputs(model, loaded.module, (2, 1, 28, 28))
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
@@ -441,7 +483,7 @@ def test_probe_model_wrong_channels_and_torchscript_error(tmp_path: Path) -> Non
         probe_model(create_model("small_cnn").eval(), channels=3, input_size=(28, 28))
     path = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(TinyNet()), str(path))
-    module = load_model(path).module
+    module = load_model(path, trust_code=True).module
     with pytest.raises(SmoothInvError, match="model failed on a 2x3x9x9 input: .*shapes") as err:
         probe_model(module, channels=3, input_size=(9, 9))
     assert "TorchScript interpreter" not in str(err.value)

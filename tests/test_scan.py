@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANTED_TARGET, tiny_cnn
+from conftest import PLANTED_TARGET, run_cli, tiny_cnn
 from smoothinv.detection import DecisionRule, ScanSettings, scan, scan_eps
 from smoothinv.detection.decision import class_scores, flagged, robust_z
 from smoothinv.detection.noise_sink import probe_noise_sink
 from smoothinv.engine.early_stop import RowStopper
+from smoothinv.engine.pgd import StopDescent
 from smoothinv.engine.sweep import Grid
 from smoothinv.errors import SmoothInvError
 
@@ -89,8 +90,22 @@ def test_row_stopper_skips_saturated_rows_and_honours_deadline():
     fn(moved)
     assert calls[-1] == [1, 2]
     late = RowStopper(stop_prob=None, deadline=time.perf_counter() - 1)
-    late.wrap(rows_fn)(x)
+    with pytest.raises(StopDescent):  # the descent ends where it is
+        late.wrap(rows_fn)(x)
     assert late.timed_out and calls[-1] == [1, 2]  # nothing new computed after the deadline
+
+
+def test_deadline_module_refuses_late_calls_and_leaves_the_model_alone():
+    from smoothinv.engine.early_stop import DeadlineModule, DeadlinePassed
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+    model[0].train()  # a submodule in another mode than its parent stays so
+    guarded = DeadlineModule(model, time.perf_counter() + 60)
+    x = torch.ones(3, 2)
+    assert torch.equal(guarded(x), model(x)) and guarded.calls == 1 and guarded.seconds >= 0
+    assert not guarded.training and model[0].training
+    with pytest.raises(DeadlinePassed):
+        DeadlineModule(model, time.perf_counter() - 1)(x)
 
 
 def test_scan_eps_scales_with_input():
@@ -151,11 +166,79 @@ def test_scan_with_two_images_covers_every_class(planted):
 
 def test_scan_time_budget_returns_partial_verdict(planted):
     model, _, x, y = planted
-    settings = ScanSettings(eps=(2.0,), sigmas=(0.5,), noise_samples=4, steps=400, time_budget=0.5)
+    settings = ScanSettings(eps=(2.0,), sigmas=(0.5,), noise_samples=4, steps=5000, time_budget=1.0)
     start = time.perf_counter()
     result = scan(model, [x[y == 4][0]], x, y, 10, settings)
     assert result.timed_out and time.perf_counter() - start < 30
     assert result.verdict in ("clean", "backdoored")
+
+
+class Slow(torch.nn.Module):
+    """`model` whose every forward pass sleeps `delay` seconds first: time is spent in forwards only."""
+
+    def __init__(self, model, delay=0.05):
+        super().__init__()
+        self.model, self.delay = model, delay
+        self.training = model.training
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return self.model(x)
+
+
+SLOW = ScanSettings(eps=(1.0,), sigmas=(0.5,), noise_samples=2, steps=1000)
+
+
+def test_time_budget_bounds_probe_synthesis_and_evaluation(planted):
+    model, _, x, y = planted
+    budget = 3.0
+    start = time.perf_counter()
+    # probe: 6 forwards; evaluation: 9 classes x 1 config = 9 forwards; a descent step: 1 forward (+ backward)
+    result = scan(Slow(model), [x[y == 4][0]], x[:150], y[:150], 10, replace(SLOW, time_budget=budget))
+    elapsed = time.perf_counter() - start
+    assert result.timed_out and elapsed < budget + 1.0, elapsed
+    assert result.classes and result.verdict in ("clean", "backdoored")
+    scanned = {c.label for c in result.classes}
+    assert all(c in scanned or "time budget" in result.skipped.get(c, "") for c in range(10) if c != 4)
+    assert result.seconds["total_s"] <= budget + 1.0
+
+
+def test_time_budget_cuts_evaluation_class_by_class(planted, monkeypatch):
+    budget_module = importlib.import_module("smoothinv.detection.budget")
+    monkeypatch.setattr(budget_module, "EVAL_MARGIN", 0.6)  # keep too little time to evaluate every class
+    model, _, x, y = planted
+    start = time.perf_counter()
+    result = scan(Slow(model), [x[y == 4][0]], x[:150], y[:150], 10, replace(SLOW, time_budget=3.0))
+    assert time.perf_counter() - start < 4.0 and result.timed_out
+    late = [c for c, why in result.skipped.items() if "transfer was measured" in why]
+    assert result.classes and late, (len(result.classes), result.skipped)
+    assert {c.label for c in result.classes}.isdisjoint(late) and all(len(c.runs) == 1 for c in result.classes)
+
+
+def test_a_fallback_rerun_the_budget_cuts_leaves_the_first_grid(planted, monkeypatch):
+    scan_module = importlib.import_module("smoothinv.detection.scan")
+    from smoothinv.detection.budget import BudgetExhausted
+
+    real, calls = scan_module._scan_once, []
+
+    def once(*args, **kwargs):
+        calls.append(args[5].sigmas)
+        if len(calls) == 2:
+            raise BudgetExhausted("the time budget ran out during the noise-sink probe")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "_scan_once", once)
+    model, _, x, y = planted
+    settings = replace(FAST, steps=10, fallback_sigmas=(0.25,), pinned_asr=1.01, time_budget=600.0)
+    result = scan(model, [x[y == 4][0]], x[:150], y[:150], 10, settings, classes=[1, 2])
+    assert calls == [(0.5, 1.0), (0.25,)] and result.sigmas == (0.5, 1.0) and result.timed_out
+    assert result.fallback_from is None and len(result.classes) == 2
+
+
+def test_time_budget_spent_on_the_probe_is_an_error(planted):
+    model, _, x, y = planted
+    with pytest.raises(SmoothInvError, match="noise-sink probe.*raise --time-budget"):
+        scan(Slow(model), [x[y == 4][0]], x[:150], y[:150], 10, replace(SLOW, time_budget=0.15))
 
 
 def test_scan_in_class_chunks_bounds_memory_and_keeps_the_verdict(planted, monkeypatch):
@@ -174,7 +257,7 @@ def test_scan_in_class_chunks_bounds_memory_and_keeps_the_verdict(planted, monke
                for c in result.classes)
     # a budget that runs out during the first chunk: later chunks are skipped with a reason
     monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 4 * 400)
-    late = scan(model, [x[y == 4][0]], x, y, 10, replace(FAST, time_budget=0.05))
+    late = scan(model, [x[y == 4][0]], x, y, 10, replace(FAST, steps=20000, time_budget=4.0))
     assert late.timed_out and len(late.classes) >= 1
     assert all("time budget" in why for c, why in late.skipped.items() if c != 4) and len(late.skipped) >= 2
 
@@ -220,17 +303,6 @@ def test_scan_runs_a_baseline_method():
     assert all(len(c.asr_by_eps) == 1 for c in result.classes)
 
 
-def run_cli(monkeypatch, capsys, *args):
-    from smoothinv.cli.main import main
-
-    monkeypatch.setattr("sys.argv", ["smoothinv", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
@@ -331,8 +403,16 @@ def test_scan_cli_on_torchscript_model_with_folder_clean_set(planted, tmp_path, 
     code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(path), "--num-classes", "10", "--image",
                            str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean"), "--out", str(out),
                            "--classes", f"3,{PLANTED_TARGET}", "--eps", "2", "--sigma", "0.5", "--noise-samples", "2",
-                           "--steps", "20")
+                           "--steps", "20", "--trust-code")
     assert code == 0, err
     record = json.loads((out / "scan.json").read_text())
     assert record["model"]["format"] == "torchscript" and record["clean_set"]["images"] == 60
     assert [c["class"] for c in record["classes"]] == [3, PLANTED_TARGET] and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_scan_cli_rejects_a_bad_time_budget(tmp_path, monkeypatch, capsys, value):
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--model", str(tmp_path / "m.safetensors"), "--image",
+                           str(tmp_path / "img.png"), "--clean", str(tmp_path / "clean.npz"), "--out",
+                           str(tmp_path / "out"), "--time-budget", value)
+    assert code == 2 and "--time-budget" in err and not (tmp_path / "out").exists(), err

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import bar_data
+from conftest import run_cli, bar_data
 from smoothinv.attacks.blind import BlindObjective
 from smoothinv.data.datasets import DATA_ENV, data_root, load_cifar10, load_dataset, load_fashion_mnist
 from smoothinv.engine.metrics import accuracy, attack_success_rate
@@ -230,9 +230,12 @@ def test_import_copies_checked_models_from_another_zoo(built, tmp_path):
 
 
 def test_manifest_records_replace_and_sort(tmp_path):
-    write_record({"name": "b", "x": 1}, tmp_path)
-    write_record({"name": "a", "x": 2}, tmp_path)
-    write_record({"name": "b", "x": 3}, tmp_path)
+    def record(name: str, x: int) -> dict:
+        return {"name": name, "weights": f"{name}.safetensors", "sha256": "0" * 64, "x": x}
+
+    write_record(record("b", 1), tmp_path)
+    write_record(record("a", 2), tmp_path)
+    write_record(record("b", 3), tmp_path)
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert [m["name"] for m in data["models"]] == ["a", "b"] and data["models"][1]["x"] == 3
 
@@ -263,17 +266,6 @@ def test_every_committed_zoo_model_loads_and_matches_its_hash():
             assert record["true_trigger_asr"] is not None
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from smoothinv.cli.main import main
-
-    monkeypatch.setattr("sys.argv", ["smoothinv", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_sanity_command(tmp_path, monkeypatch, capsys):

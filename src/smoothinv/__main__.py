@@ -1,5 +1,5 @@
 """`python -m smoothinv` = the `smoothinv` command."""
 
-from .cli.main import main
+from .cli import run
 
-main()
+run()

@@ -31,7 +31,7 @@ from .engine.sweep import Grid, Sweep, run_sweep, sweep_steps
 from .errors import SmoothInvError
 from .models import create_model, save_model
 from .reporting.inversion import inversion_record, write_inversion
-from .reporting.outputs import atomic_directory, write_json
+from .reporting.outputs import atomic_directory, check_destination, write_json
 from .cli.progress import step_progress
 from .cli.tables import sweep_table
 from .training import train_classifier
@@ -74,6 +74,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, console: Console, progress_c
     overwrite = (out_dir / MARKER).is_file()
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
         raise SmoothInvError(f"{out_dir} exists and is not a previous demo output; choose another --out")
+    check_destination(out_dir, overwrite)  # before training: a protected or unwritable --out fails now
     started = time.perf_counter()
     trigger = checkerboard_trigger()
     train_x, train_y, test_x, test_y = digits_split(seed)
@@ -104,7 +105,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, console: Console, progress_c
                              options=options, seed=seed, progress=hook)
     total_s = time.perf_counter() - started
 
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, kind="demo") as tmp:
         summary = _write_outputs(tmp, out_dir, model, trigger, image, test_x, test_y, grid, options, seed,
                                  found, contrast, clean_acc, true_asr, train_s, total_s)
     console.print(sweep_table(found, f"toward the backdoor target {TARGET}"))

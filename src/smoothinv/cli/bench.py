@@ -17,8 +17,8 @@ from ..detection import ScanSettings
 from ..detection.scan import SCAN_SIGMAS
 from ..errors import SmoothInvError
 from ..methods import list_methods
-from ..reporting.outputs import write_json, write_text
-from .options import float_list
+from ..reporting.outputs import check_file_destination, write_json, write_text
+from .params import BOUNDS, MAX_IMAGES
 
 err = Console(stderr=True)
 stdout = Console(soft_wrap=True)
@@ -33,16 +33,18 @@ def bench_group() -> None:
 @click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
 @click.option("--model", "names", multiple=True, help="Only these zoo models (repeatable).")
 @click.option("--data-root", type=click.Path(path_type=Path))
-@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--sigma", help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
-@click.option("--clean-images", default=500, show_default=True, type=click.IntRange(min=10))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=200, show_default=True, type=BOUNDS.steps)
+@click.option("--noise-samples", default=8, show_default=True, type=BOUNDS.noise_samples)
+@click.option("--sigma", type=BOUNDS.positive_sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--clean-images", default=500, show_default=True, type=click.IntRange(10, MAX_IMAGES))
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
 def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
-                   sigma: str | None, clean_images: int, seed: int, out: Path | None) -> None:
+                   sigma: tuple[float, ...] | None, clean_images: int, seed: int, out: Path | None) -> None:
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
-    sigmas = float_list(sigma, "--sigma")
+    if out is not None:
+        check_file_destination(out)  # before hours of scanning
+    sigmas = sigma
     settings = ScanSettings(method=method, steps=steps, noise_samples=noise_samples,
                             sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS)
     report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
@@ -83,15 +85,17 @@ def _print_detection(report: dict) -> None:
 @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(list_methods())),
               help="Methods to compare (repeatable).  [default: smoothinv plainadv nc topoprior pixelinv]")
 @click.option("--model", "names", multiple=True, help="Only these zoo models (repeatable).")
-@click.option("--images", default=10, show_default=True, type=click.IntRange(min=1), help="Single clean images per model.")
-@click.option("--steps", type=click.IntRange(min=1), help="Override every method's step count.")
-@click.option("--noise-samples", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--images", default=10, show_default=True, type=click.IntRange(1, MAX_IMAGES), help="Single clean images per model.")
+@click.option("--steps", type=BOUNDS.steps, help="Override every method's step count.")
+@click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples)
 @click.option("--data-root", type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows as CSV here (markdown goes to stdout).")
 def table2_command(methods: tuple[str, ...], names: tuple[str, ...], images: int, steps: int | None, noise_samples: int,
                    data_root: Path | None, seed: int, out: Path | None) -> None:
     """Average ASR of the backdoor each method recovers from single clean images (paper Table 2)."""
+    if out is not None:
+        check_file_destination(out)  # before hours of inversions
     options: dict[str, int] = {"noise_samples": noise_samples}
     if steps is not None:
         options["steps"] = steps

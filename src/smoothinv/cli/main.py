@@ -26,10 +26,12 @@ from ..methods.base import check_target
 from ..models import list_models
 from ..reporting.inversion import inversion_record, write_inversion
 from ..reporting.outputs import atomic_directory, check_destination
-from .options import float_list, load_subject, model_options
+from .options import load_subject, model_options
+from .params import BOUNDS, MAX_CLASS_INDEX
 from .progress import step_progress
 from .tables import sweep_table
 from .bench import bench_group
+from .interrupt import run_interruptibly
 from .scan import scan_command
 from .zoo import zoo_group
 
@@ -50,21 +52,21 @@ def cli() -> None:
 @click.option("--clean", required=True, type=click.Path(path_type=Path),
               help="Held-out clean images for ASR: an ImageFolder directory or an .npz (x uint8 NxHxWxC, y).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (written atomically).")
-@click.option("--eps", help="Absolute l2 bounds, comma-separated (default: paper's 5,10 scaled to the input size).")
-@click.option("--sigma", help="Smoothing noise levels, comma-separated.  [default: 0.12,0.25,0.5,1.0]")
-@click.option("--noise-samples", default=10, show_default=True, help="Noise copies N per step (paper: 40).")
-@click.option("--steps", default=400, show_default=True, help="Descent steps per config.")
-@click.option("--seed", default=0, show_default=True, help="Seed for noise and clean-set subsampling.")
+@click.option("--eps", type=BOUNDS.eps, help="Absolute l2 bounds, comma-separated (default: paper's 5,10 scaled to the input size).")
+@click.option("--sigma", type=BOUNDS.sigmas, help="Smoothing noise levels, comma-separated.  [default: 0.12,0.25,0.5,1.0]")
+@click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise copies N per step (paper: 40).")
+@click.option("--steps", default=400, show_default=True, type=BOUNDS.steps, help="Descent steps per config.")
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed, help="Seed for noise and clean-set subsampling.")
 @click.option("--method", default="pgd", show_default=True, type=click.Choice(sorted(list_methods())),
               help="pgd: SmoothInv as in the paper; momentum: as in the authors' code; plainadv: no smoothing.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
-@click.option("--clean-limit", default=1000, show_default=True, help="Use at most this many clean images (seeded).")
-@click.option("--max-batch", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass (lower it to save memory).")
+@click.option("--clean-limit", default=1000, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
+@click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch, help="Images per forward pass (lower it to save memory).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def invert(**opts: Any) -> None:
     """Synthesise the backdoor trigger toward --target from one clean image."""
     started = time.perf_counter()
-    check_destination(opts["out"], opts["overwrite"])
+    check_destination(opts["out"], opts["overwrite"], inputs=(opts["image"], opts["clean"], opts["model_path"]))
     native = load_image(opts["image"], channels=3)
     subject = load_subject(opts, fallback_size=tuple(native.shape[1:]))
     size = subject.input_size or tuple(native.shape[1:])
@@ -75,7 +77,7 @@ def invert(**opts: Any) -> None:
     check_target(torch.tensor([target]), subject.num_classes)
     if not bool((clean.labels != target).any()):
         raise SmoothInvError(f"every clean image is of the target class {target}; ASR needs images of other classes")
-    grid = Grid.for_shape(image.shape, float_list(opts["eps"], "--eps"), float_list(opts["sigma"], "--sigma"))
+    grid = Grid.for_shape(image.shape, list(opts["eps"]) if opts["eps"] else None, list(opts["sigma"]) if opts["sigma"] else None)
     baseline = "plainadv" if opts["baseline"] and opts["method"] != "plainadv" else None
     options = {"steps": opts["steps"], "noise_samples": opts["noise_samples"], "max_batch": opts["max_batch"]}
     loaded_s = time.perf_counter() - started
@@ -102,7 +104,7 @@ def invert(**opts: Any) -> None:
                     "total_s": round(total_s, 3)},
     }
     record = inversion_record(sweep, grid, target=target, context=context)
-    with atomic_directory(opts["out"], opts["overwrite"]) as tmp:
+    with atomic_directory(opts["out"], opts["overwrite"], inputs=(opts["image"], opts["clean"], opts["model_path"]), kind="invert") as tmp:
         write_inversion(tmp, sweep, record)
     stdout.print(sweep_table(sweep, f"target {target}: ASR of each synthesised perturbation on {len(clean)} clean images"))
     for warning in record["warnings"]:
@@ -116,7 +118,7 @@ def invert(**opts: Any) -> None:
 @cli.command()
 @click.option("--out", default="smoothinv-demo", show_default=True, type=click.Path(path_type=Path),
               help="Where to write the demo's model, data and results.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 def demo(out: Path, seed: int) -> None:
     """Plant a backdoor in a small digits classifier, then recover it from one clean image."""
     from ..demo import run_demo
@@ -144,10 +146,10 @@ def methods_command() -> None:
 @click.option("--attack", "attack_text", required=True,
               help='The true trigger: a JSON attack spec, e.g. \'{"attack": "badnets", "target": 0}\', or a zoo model name.')
 @click.option("--clean", required=True, type=click.Path(path_type=Path), help="Clean test images (ImageFolder or .npz).")
-@click.option("--sigma", help="Noise levels, comma-separated.  [default: 0,0.12,0.25,0.5,1.0]")
-@click.option("--noise-samples", default=10, show_default=True, help="Noise samples N of G.")
-@click.option("--clean-limit", default=500, show_default=True, help="Use at most this many clean images (seeded).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--sigma", type=BOUNDS.sigmas, help="Noise levels, comma-separated.  [default: 0,0.12,0.25,0.5,1.0]")
+@click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise samples N of G.")
+@click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 def sanity(**opts: Any) -> None:
     """Clean accuracy and true-trigger ASR of the smoothed classifier per sigma (paper Table 5)."""
     spec = parse_attack(opts["attack_text"])
@@ -156,7 +158,7 @@ def sanity(**opts: Any) -> None:
     clean = load_clean_set(opts["clean"], size=size, channels=subject.channels, limit=opts["clean_limit"], seed=opts["seed"])
     clean.check_labels(subject.num_classes)
     check_target(torch.tensor([spec.target]), subject.num_classes)
-    sigmas = float_list(opts["sigma"], "--sigma") or list(SANITY_SIGMAS)
+    sigmas = list(opts["sigma"] or SANITY_SIGMAS)
     rows = sanity_table(subject.module, clean.images, clean.labels, spec.trigger(tuple(clean.images.shape[1:])),
                         spec.target, sigmas=sigmas, noise_samples=opts["noise_samples"],
                         source_classes=spec.source_classes, seed=opts["seed"])
@@ -188,9 +190,13 @@ cli.add_command(bench_group)
 def parse_target(text: str, class_names: list[str] | None) -> int:
     """An index, or a class name of the clean set."""
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
-        pass
+        index = None
+    if index is not None:
+        if abs(index) > MAX_CLASS_INDEX:
+            raise SmoothInvError(f"--target {text!r} is far beyond any model's number of classes")
+        return index
     if class_names and text in class_names:
         return class_names.index(text)
     known = f"; clean-set classes: {', '.join(class_names)}" if class_names else ""
@@ -200,7 +206,7 @@ def parse_target(text: str, class_names: list[str] | None) -> int:
 def main() -> None:
     """Entry point: one-line errors and exit status 2 for anything the user can fix."""
     try:
-        cli.main(standalone_mode=False)
+        run_interruptibly(lambda: cli.main(standalone_mode=False))
     except SmoothInvError as e:
         fail(str(e), e.exit_code)
     except click.exceptions.Abort:
@@ -213,6 +219,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; no output written")
         sys.exit(130)
+    except RecursionError:
+        fail("the model or an input is nested too deeply to process (recursion limit)", 2)
+    except OSError as e:  # a full disk, a vanished folder, a read-only file system
+        where = f" ({e.filename})" if e.filename else ""
+        fail(f"{e.strerror or e}{where}; check the path, its permissions and the free space", 2)
+    except MemoryError:
+        fail("out of memory; lower --max-batch, --noise-samples or --clean-limit, or scan fewer --classes", 2)
     except Exception as e:  # a bug, or a model failing in a way we did not foresee
         if os.environ.get("SMOOTHINV_DEBUG"):
             raise

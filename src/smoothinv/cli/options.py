@@ -13,7 +13,11 @@ import click
 import torch
 
 from ..errors import SmoothInvError
+from ..engine.logits import CheckedModel
 from ..models import LoadedModel, load_model, probe_model
+from ..models.loading import check_input_size
+from ..models.timeout import PROBE_TIMEOUT_S, ModelTimeout
+from .params import BOUNDS
 
 
 def float_list(text: str | None, name: str) -> list[float] | None:
@@ -59,16 +63,21 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--model and the flags that say how to read it."""
     decorators = [
         click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-                     help="Model file: safetensors or .pt state_dict (with --arch), TorchScript, or a pickled model (--unsafe-pickle)."),
+                     help="Model file: safetensors or .pt state_dict (with --arch), ONNX, or, with --trust-code, "
+                          "TorchScript or a pickled model."),
         click.option("--arch", help="Architecture name for state_dict files (see `smoothinv models`)."),
         click.option("--num-classes", type=int, help="Number of classes (inferred from the weights when omitted)."),
         click.option("--input-size", help="Model input H,W (default: the arch's, else the clean set's or image's size)."),
         click.option("--channels", type=click.Choice(["1", "3"]), help="Input channels (default: the arch's, else probed)."),
         click.option("--mean", help="Per-channel normalisation mean the model expects, e.g. 0.485,0.456,0.406."),
         click.option("--std", help="Per-channel normalisation std the model expects."),
-        click.option("--unsafe-pickle", is_flag=True,
-                     help="Allow loading a whole pickled model. This RUNS CODE FROM THE FILE: only for files you trust."),
+        click.option("--trust-code", is_flag=True,
+                     help="Allow formats that carry code: pickled models and TorchScript. "
+                          "This RUNS CODE FROM THE FILE: only for files you trust."),
+        click.option("--unsafe-pickle", is_flag=True, hidden=True, help="Deprecated alias of --trust-code."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+        click.option("--probe-timeout", default=PROBE_TIMEOUT_S, show_default=True, type=BOUNDS.seconds,
+                     help="Seconds the model may take for its first forward pass before it is refused as stuck."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
 
@@ -87,7 +96,11 @@ class Subject:
 
     @property
     def module(self) -> torch.nn.Module:
-        return self.loaded.module
+        """The model, every output of which is checked (finite [batch, K] logits)."""
+        return self._checked
+
+    def __post_init__(self) -> None:
+        self._checked = CheckedModel(self.loaded.module)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -115,27 +128,49 @@ def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = N
         channels=None if opts["channels"] is None else int(opts["channels"]),
         mean=float_list(opts["mean"], "--mean"),
         std=float_list(opts["std"], "--std"),
-        unsafe_pickle=opts["unsafe_pickle"],
+        trust_code=_trust_code(opts),
         device=device,
     )
     size = loaded.input_size or fallback_size
+    if loaded.input_size is None and size is not None:
+        _check_fallback_size(size)
     probe_size = size or (32, 32)
     if loaded.channels is not None:
         channels = loaded.channels
-        classes = probe_model(loaded.module, channels=channels, input_size=probe_size, device=device)
+        classes = probe_model(loaded.module, channels=channels, input_size=probe_size, device=device,
+                              timeout=opts["probe_timeout"])
     else:
-        channels, classes = _probe_channels(loaded, probe_size, device)
+        channels, classes = _probe_channels(loaded, probe_size, device, opts["probe_timeout"])
     if loaded.num_classes is not None and loaded.num_classes != classes:
         raise SmoothInvError(f"model returns {classes} scores but --num-classes is {loaded.num_classes}")
     return Subject(loaded, Path(opts["model_path"]), _sha256(opts["model_path"]), channels, size, classes, device)
 
 
-def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str) -> tuple[int, int]:
+def _trust_code(opts: dict[str, Any]) -> bool:
+    """--trust-code, or its deprecated alias --unsafe-pickle (which says so on stderr)."""
+    if opts.get("unsafe_pickle"):
+        click.echo("warning: --unsafe-pickle is deprecated; use --trust-code", err=True)
+        return True
+    return bool(opts.get("trust_code"))
+
+
+def _check_fallback_size(size: tuple[int, int]) -> None:
+    """The image's own size, used when nothing says the model's, within the loader's bounds."""
+    try:
+        check_input_size(size, "the image size")
+    except SmoothInvError as exc:
+        raise SmoothInvError(f"{exc}; pass --input-size H,W to resize the inputs") from None
+
+
+def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str, timeout: float) -> tuple[int, int]:
     """Models without metadata: try RGB, then gray."""
     first_error: SmoothInvError | None = None
     for channels in (3, 1):
         try:
-            return channels, probe_model(loaded.module, channels=channels, input_size=size, device=device)
+            return channels, probe_model(loaded.module, channels=channels, input_size=size, device=device,
+                                         timeout=timeout)
+        except ModelTimeout:
+            raise
         except SmoothInvError as e:
             first_error = first_error or e
     assert first_error is not None

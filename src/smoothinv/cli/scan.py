@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,13 +17,14 @@ from rich.table import Table
 from .. import __version__
 from ..data import load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
+from ..detection.checkpoint import ScanCheckpoint, checkpoint_interval
 from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
-from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
 from ..reporting.scan_report import scan_record, write_scan
-from .options import float_list, load_subject, model_options
+from .options import Subject, load_subject, model_options
+from .params import BOUNDS
 from .progress import step_progress
 
 err = Console(stderr=True)
@@ -35,40 +37,42 @@ stdout = Console()
               help="A clean image (repeatable: a class the first image already belongs to is synthesised from another).")
 @click.option("--clean", required=True, type=click.Path(path_type=Path), help="Held-out clean images (ImageFolder or .npz).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (written atomically).")
-@click.option("--classes", help="Scan only these class indices, comma-separated (default: all).")
+@click.option("--classes", type=BOUNDS.classes, help="Scan only these class indices, comma-separated (default: all).")
 @click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
-@click.option("--eps", help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
-@click.option("--sigma", help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
-@click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True,
+@click.option("--eps", type=BOUNDS.eps, help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
+@click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True, type=BOUNDS.fallback_sigmas,
               help="Noise levels to rerun at if no perturbation flips even 10% of the clean images at --sigma "
                    "(noise pins the model to one class); 'none' disables.")
-@click.option("--noise-samples", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--time-budget", type=float, help="Stop synthesis after this many seconds and decide on what was found.")
-@click.option("--threshold", default=DecisionRule.threshold, show_default=True, help="Score needed to flag a class.")
-@click.option("--clean-limit", default=500, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-batch", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--noise-samples", default=8, show_default=True, type=BOUNDS.noise_samples)
+@click.option("--steps", default=200, show_default=True, type=BOUNDS.steps)
+@click.option("--time-budget", type=BOUNDS.seconds,
+              help="Seconds the scan may take: noise probe, synthesis, ASR evaluation and any fallback rerun (loading "
+                   "inputs and writing the report come on top; a forward batch in flight may overrun it). Classes it "
+                   "cuts are skipped with a reason and the verdict comes from the classes evaluated.")
+@click.option("--threshold", default=DecisionRule.threshold, show_default=True, type=BOUNDS.threshold, help="Score needed to flag a class.")
+@click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images)
+@click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch)
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--no-resume", is_flag=True,
+              help="Discard the work saved by an earlier, interrupted run of this scan instead of continuing it.")
 def scan_command(**opts: Any) -> None:
     """Synthesise a trigger toward every class from one clean image; flag the classes whose trigger transfers."""
     started = time.perf_counter()
-    check_destination(opts["out"], opts["overwrite"])
+    check_destination(opts["out"], opts["overwrite"], inputs=(*opts["image_paths"], opts["clean"], opts["model_path"]))
     native = load_image(opts["image_paths"][0], channels=3)
     subject = load_subject(opts, fallback_size=tuple(native.shape[1:]))
     size = subject.input_size or tuple(native.shape[1:])
     images = [load_image(p, size=size, channels=subject.channels) for p in opts["image_paths"]]
     clean = load_clean_set(opts["clean"], size=size, channels=subject.channels, limit=opts["clean_limit"], seed=opts["seed"])
     clean.check_labels(subject.num_classes)
-    classes = None if opts["classes"] is None else [int(c) for c in float_list(opts["classes"], "--classes") or []]
+    classes = None if opts["classes"] is None else list(opts["classes"])
     if classes is not None:
         check_target(torch.tensor(classes), subject.num_classes)
-    eps = float_list(opts["eps"], "--eps")
-    sigmas = float_list(opts["sigma"], "--sigma")
-    fallback = () if opts["fallback_sigma"].strip().lower() in ("", "none") else float_list(opts["fallback_sigma"],
-                                                                                            "--fallback-sigma")
-    if any(v <= 0 for v in fallback):
-        raise SmoothInvError(f"--fallback-sigma values must be > 0 (got {opts['fallback_sigma']!r}); 'none' disables it")
+    eps = opts["eps"]
+    sigmas = opts["sigma"]
+    fallback = opts["fallback_sigma"]
     settings = ScanSettings(
         method=opts["method"], eps=None if eps is None else tuple(eps),
         sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS, noise_samples=opts["noise_samples"], steps=opts["steps"],
@@ -77,6 +81,7 @@ def scan_command(**opts: Any) -> None:
     )
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
+    checkpoint = _checkpoint(opts, subject)
     with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as bar:
         def rescan(first: ScanResult, steps: int) -> None:
             err.print(escape(f"no perturbation flipped {settings.pinned_asr:.0%} of the clean images at sigma "
@@ -85,8 +90,13 @@ def scan_command(**opts: Any) -> None:
                       style="yellow", highlight=False, soft_wrap=True)
             bar.restart(f"scan {settings.method}", steps)
 
-        result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes, bar,
-                      on_fallback=rescan)
+        try:
+            result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes,
+                          bar, on_fallback=rescan, checkpoint=checkpoint)
+        except KeyboardInterrupt:
+            if checkpoint.directory.is_dir():
+                err.print("the work done so far is saved; rerun the same command to continue it", style="yellow")
+            raise
     context = {
         "smoothinv_version": __version__,
         "command": "smoothinv " + " ".join(sys.argv[1:]),
@@ -96,14 +106,28 @@ def scan_command(**opts: Any) -> None:
     }
     record = scan_record(result, context, clean.class_names)
     record["timings"]["wall_s"] = round(time.perf_counter() - started, 3)
-    with atomic_directory(opts["out"], opts["overwrite"]) as tmp:
+    with atomic_directory(opts["out"], opts["overwrite"], inputs=(*opts["image_paths"], opts["clean"], opts["model_path"]), kind="scan") as tmp:
         write_scan(tmp, result, record, images)
+    checkpoint.discard()
     stdout.print(_table(record))
     targets = ", ".join(map(str, result.targets)) or "none"
     stdout.print(f"[bold]verdict: {result.verdict}[/] (targets: {targets}); wrote {escape(str(opts['out']))}/report.html "
                  f"in {time.perf_counter() - started:.0f}s" + (" [yellow](time budget reached)[/]" if result.timed_out else ""))
     for warning in record["warnings"]:
         err.print(escape(f"warning: {warning}"), style="yellow", highlight=False, soft_wrap=True)
+
+
+def _checkpoint(opts: dict[str, Any], subject: Subject) -> ScanCheckpoint:
+    """The scan's checkpoint next to --out, keyed by the model file's hash and loading options
+    (--no-resume: an earlier run's work is discarded first)."""
+    model_id = json.dumps({k: v for k, v in subject.describe().items() if k != "path"}, sort_keys=True)
+    checkpoint = ScanCheckpoint.beside(opts["out"], model_id=model_id, every_s=checkpoint_interval(),
+                                       log=lambda note: err.print(escape(note), style="yellow", highlight=False,
+                                                                  soft_wrap=True))
+    if opts["no_resume"] and checkpoint.directory.exists():
+        checkpoint.discard()
+        checkpoint.log(f"discarded the work an earlier run saved in {checkpoint.directory} (--no-resume)")
+    return checkpoint
 
 
 def _table(record: dict[str, Any]) -> Table:

@@ -15,6 +15,7 @@ from ..reporting.zoo_report import zoo_markdown
 from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
 from ..zoo.manifest import import_records, zoo_dir as zoo_dir_path
+from .params import BOUNDS
 
 err = Console(stderr=True)
 stdout = Console(soft_wrap=True)
@@ -62,20 +63,28 @@ def list_command(zoo_dir: Path | None) -> None:
         if r is None:
             stdout.print(f"{recipe.name:<24} (not built)")
             continue
-        attack = "clean" if r["attack"] is None else f"{r['attack']['attack']} -> {r['target']} ({r['mode']})"
-        asr = "" if r["true_trigger_asr"] is None else f"  ASR {r['true_trigger_asr']:.1%}"
-        stdout.print(f"{r['name']:<24} {r['arch']:<10} {attack:<32} acc {r['clean_accuracy']:.1%}{asr}  {r['train_seconds']:.0f}s")
+        stdout.print(_list_row(r), highlight=False)
     if built:
         stdout.print(f"weights: {zoo_dir_path(zoo_dir)}/<name>.safetensors (pass one to scan, invert or sanity as --model)",
                      highlight=False, soft_wrap=True)
+
+
+def _list_row(r: dict) -> str:
+    """One `zoo list` line; fields a manifest from elsewhere may lack are left out."""
+    attack = r.get("attack")
+    kind = "clean" if not attack else f"{attack.get('attack', '?')} -> {r.get('target')} ({r.get('mode')})"
+    acc = "" if r.get("clean_accuracy") is None else f" acc {r['clean_accuracy']:.1%}"
+    asr = "" if r.get("true_trigger_asr") is None else f"  ASR {r['true_trigger_asr']:.1%}"
+    seconds = "" if r.get("train_seconds") is None else f"  {r['train_seconds']:.0f}s"
+    return escape(f"{r['name']:<24} {r.get('arch', '?'):<10} {kind:<32}{acc}{asr}{seconds}")
 
 
 @zoo_group.command("sanity")
 @click.argument("name")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder (default: $SMOOTHINV_DATA or ../shared/data).")
 @click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
-@click.option("--images", default=500, show_default=True, help="Test images to use.")
-@click.option("--noise-samples", default=10, show_default=True, help="Noise samples N of G.")
+@click.option("--images", default=500, show_default=True, type=BOUNDS.images, help="Test images to use.")
+@click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise samples N of G.")
 def sanity_command(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> None:
     """Clean accuracy and true-trigger ASR of a zoo model's smoothed classifier at σ ∈ {0,.12,.25,.5,1}."""
     rows = zoo_sanity(name, data_root, zoo_dir, images, noise_samples)
@@ -98,8 +107,8 @@ def zoo_sanity(name: str, data_root: Path | None, zoo_dir: Path | None, images: 
 @click.option("--out", default="docs/zoo.md", show_default=True, type=click.Path(path_type=Path))
 @click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder (default: $SMOOTHINV_DATA or ../shared/data).")
 @click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
-@click.option("--images", default=500, show_default=True, help="Test images for the sanity table.")
-@click.option("--noise-samples", default=10, show_default=True, help="Noise samples N of G.")
+@click.option("--images", default=500, show_default=True, type=BOUNDS.images, help="Test images for the sanity table.")
+@click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise samples N of G.")
 def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> None:
     """Write docs/zoo.md: every built model's manifest numbers and its sanity table."""
     records = list_zoo(zoo_dir)

@@ -3,13 +3,21 @@
 A clean set comes from an ImageFolder directory (``root/<class>/<image>``, classes
 sorted by name give the label indices, as in torchvision) or from an ``.npz`` file with
 arrays ``x`` (N×H×W×C or N×H×W) and ``y`` (N labels), optionally ``class_names``.
+
+Clean sets are untrusted files, so reading them is bounded: an ``.npz`` is checked from its
+array headers before anything is decompressed (a small zip can declare gigabytes), the
+decoded images may take at most MAX_CLEAN_SET_BYTES, and a folder walk visits at most
+MAX_FOLDER_ENTRIES entries and follows each symlinked folder once (a link to a parent
+folder would otherwise recurse forever).
 """
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +35,16 @@ from smoothinv.data.images import (
 from smoothinv.errors import SmoothInvError
 
 _FOLDER_LAYOUT = "<dir>/<class name>/<image>.png|jpg|jpeg|bmp|webp"
+
+# The most memory a clean set may take once decoded: the arrays of an .npz as stored, and
+# the float32 image tensor handed to the model (1 GiB is e.g. 87,000 CIFAR images).
+MAX_CLEAN_SET_BYTES = 1 << 30
+
+# The most files and folders a clean-set folder walk visits before giving up.
+MAX_FOLDER_ENTRIES = 1_000_000
+
+# The largest label accepted in an .npz (labels are class indices).
+_MAX_LABEL = 2**31 - 1
 
 
 @dataclass
@@ -132,24 +150,82 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+class _EntryBudget:
+    """Counts the directory entries a folder walk visits; raises past MAX_FOLDER_ENTRIES."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.left = MAX_FOLDER_ENTRIES
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise SmoothInvError(
+                f"clean-set folder {self.root} holds more than {MAX_FOLDER_ENTRIES:,} files and folders "
+                "(smoothinv.data.clean_sets.MAX_FOLDER_ENTRIES); pass a smaller folder or an .npz"
+            )
+
+
 def _find_folder_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names (sorted) and (file, label) pairs, in torchvision's ImageFolder order."""
-    try:
-        with os.scandir(root) as entries:
-            classes = sorted(e.name for e in entries if e.is_dir() and not _is_hidden(e.name))
-    except OSError as exc:
-        raise SmoothInvError(
-            f"cannot list clean-set folder {root} ({exc.strerror}); check its permissions"
-        ) from None
+    classes = sorted(e.name for e in _list_folder(root) if _is_folder(e) and not _is_hidden(e.name))
+    budget = _EntryBudget(root)
+    loops = _real_ancestors(root)
     samples: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
-            if any(_is_hidden(part) for part in Path(folder).relative_to(root).parts):
-                continue  # inside a hidden folder such as .ipynb_checkpoints
-            for file in sorted(files):
-                if not _is_hidden(file) and file.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((Path(folder) / file, label))
+        samples.extend((file, label) for file in _class_images(root / name, loops, budget))
     return classes, samples
+
+
+def _class_images(folder: Path, loops: set[str], budget: _EntryBudget) -> list[Path]:
+    """The image files under one class folder, in sorted os.walk order, skipping hidden names.
+
+    Symlinked folders are followed (torchvision does), but each real folder at most once,
+    and never one that contains the clean set itself: a link to a parent is a loop.
+    """
+    visited: set[str] = set()
+    listing: list[tuple[str, list[str]]] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in visited or real in loops:
+            continue
+        visited.add(real)
+        names: list[str] = []
+        for entry in _list_folder(current):
+            budget.spend()
+            if _is_hidden(entry.name):
+                continue  # e.g. .ipynb_checkpoints, .DS_Store
+            if _is_folder(entry):
+                pending.append(Path(entry.path))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                names.append(entry.name)
+        listing.append((str(current), sorted(names)))
+    return [Path(path) / name for path, names in sorted(listing) for name in names]
+
+
+def _list_folder(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise SmoothInvError(
+            f"cannot list clean-set folder {folder} ({exc.strerror or exc}); check its permissions"
+        ) from None
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _real_ancestors(root: Path) -> set[str]:
+    """Real paths of `root` and every folder above it."""
+    real = Path(os.path.realpath(root))
+    return {str(real), *(str(parent) for parent in real.parents)}
 
 
 def _load_folder(
@@ -166,7 +242,9 @@ def _load_folder(
             f"no images found in class sub-folders of {root}{hint}; expected the layout {_FOLDER_LAYOUT}"
         )
     chosen = [samples[i] for i in choose_indices(len(samples), limit, seed).tolist()]
-    images = [load_image(file, size=size, channels=channels) for file, _ in chosen]
+    if size is not None:
+        _check_decoded_bytes(root, _float_bytes(len(chosen), channels, *size), f"{len(chosen)} images")
+    images = _decode_images(root, [file for file, _ in chosen], size, channels)
     if size is None:
         _check_same_size(images, [file for file, _ in chosen])
     return CleanSet(
@@ -175,6 +253,42 @@ def _load_folder(
         class_names=classes,
         source=str(root),
     )
+
+
+def _decode_images(
+    root: Path, files: list[Path], size: tuple[int, int] | None, channels: int
+) -> list[torch.Tensor]:
+    """Decode `files`, stopping with an error once they pass MAX_CLEAN_SET_BYTES."""
+    images: list[torch.Tensor] = []
+    total = 0
+    for file in files:
+        image = load_image(file, size=size, channels=channels)
+        total += image.numel() * image.element_size()
+        _check_decoded_bytes(root, total, f"the first {len(images) + 1} images")
+        images.append(image)
+    return images
+
+
+def _float_bytes(count: int, channels: int, height: int, width: int) -> int:
+    return count * channels * height * width * 4
+
+
+def _check_decoded_bytes(
+    source: Path, nbytes: int, what: str, advice: str = "use fewer or smaller images (--clean-limit)"
+) -> None:
+    """Refuse a clean set whose decoded size exceeds MAX_CLEAN_SET_BYTES."""
+    if nbytes > MAX_CLEAN_SET_BYTES:
+        raise SmoothInvError(
+            f"clean set {source}: {what} take {_size_text(nbytes)} decoded, more than the limit of "
+            f"{_size_text(MAX_CLEAN_SET_BYTES)} (smoothinv.data.clean_sets.MAX_CLEAN_SET_BYTES); {advice}"
+        )
+
+
+def _size_text(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}".replace(".00 ", " ")
+    return f"{nbytes} bytes"
 
 
 def _check_same_size(images: list[torch.Tensor], files: list[Path]) -> None:
@@ -199,6 +313,10 @@ def _load_npz(
     class_names = _check_npz_class_names(path, names, y)
     keep = choose_indices(len(x), limit, seed).numpy()
     x, y = x[keep], y[keep]
+    widest = max(channels, x.shape[3])
+    _check_decoded_bytes(path, _float_bytes(len(x), widest, x.shape[1], x.shape[2]), f"{len(x)} images")
+    if size is not None:
+        _check_decoded_bytes(path, _float_bytes(len(x), channels, *size), f"{len(x)} images resized")
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
     images = images.float().div(255.0) if x.dtype == np.uint8 else images.float()
     images = convert_channels(images.contiguous(), channels)
@@ -212,30 +330,92 @@ def _load_npz(
     )
 
 
+_NPZ_ARRAYS = ("x", "y", "class_names")
+
+# What reading a crafted or damaged zip / .npy member may raise.
+_NPZ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, RuntimeError, NotImplementedError,
+)
+
+
 def _read_npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The x, y and optional class_names arrays of an .npz file."""
+    """The x, y and optional class_names arrays of an .npz file.
+
+    Each array's header (dtype, shape) is read and checked first: object arrays are refused
+    (nothing is unpickled) and the declared sizes must fit MAX_CLEAN_SET_BYTES, so a small
+    archive cannot expand into gigabytes. Only then is the data decompressed.
+    """
+    _refuse_single_npy(path)
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise SmoothInvError(
-                f"{path} holds a single array, not an .npz archive; save it with np.savez(path, x=..., y=...)"
-            )
-        with archive:
-            keys = sorted(archive.files)
-            missing = [key for key in ("x", "y") if key not in keys]
-            if missing:
-                raise SmoothInvError(
-                    f"{path} lacks array(s) {', '.join(missing)} (found: {', '.join(keys) or 'none'}); "
-                    "save images as x (N×H×W×C) and labels as y (N)"
-                )
-            names = archive["class_names"] if "class_names" in keys else None
-            return archive["x"], archive["y"], names
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            members = _npz_members(path, archive)
+            declared = sum(_declared_bytes(path, archive, name, member) for name, member in members.items())
+            _check_decoded_bytes(path, declared, "its arrays", "store fewer or smaller images in it")
+            arrays = {name: _read_member(archive, member) for name, member in members.items()}
+    except SmoothInvError:
+        raise
+    except _NPZ_ERRORS as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise SmoothInvError(
             f"cannot read {path} as an .npz archive ({reason}); save it with np.savez(path, x=..., y=...) "
             "without object arrays"
         ) from None
+    return arrays["x"], arrays["y"], arrays.get("class_names")
+
+
+def _refuse_single_npy(path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise SmoothInvError(f"cannot read {path} ({exc.strerror or exc}); check the path and its permissions") from None
+    if magic == b"\x93NUMPY":
+        raise SmoothInvError(
+            f"{path} holds a single array, not an .npz archive; save it with np.savez(path, x=..., y=...)"
+        )
+
+
+def _npz_members(path: Path, archive: zipfile.ZipFile) -> dict[str, str]:
+    """{array name: zip member name} for x, y and class_names; other members are ignored."""
+    members: dict[str, str] = {}
+    for member in archive.namelist():
+        name = member[: -len(".npy")] if member.endswith(".npy") else member
+        if name in _NPZ_ARRAYS:
+            members.setdefault(name, member)
+    missing = [key for key in ("x", "y") if key not in members]
+    if missing:
+        found = sorted(m[:-4] if m.endswith(".npy") else m for m in archive.namelist())
+        shown = ", ".join(found[:10]) + (", …" if len(found) > 10 else "")
+        raise SmoothInvError(
+            f"{path} lacks array(s) {', '.join(missing)} (found: {shown or 'none'}); "
+            "save images as x (N×H×W×C) and labels as y (N)"
+        )
+    return members
+
+
+def _declared_bytes(path: Path, archive: zipfile.ZipFile, name: str, member: str) -> int:
+    """The decoded size an array's .npy header declares; object and structured arrays are refused."""
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise SmoothInvError(
+                f"{path}: array {name} uses .npy format {version[0]}.{version[1]}; save plain arrays with np.savez"
+            )
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+        raise SmoothInvError(
+            f"{path}: array {name} has dtype {dtype} (object or structured); "
+            "store plain numeric arrays (no object arrays), e.g. x as uint8"
+        )
+    return math.prod(int(d) for d in shape) * dtype.itemsize
+
+
+def _read_member(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+    with archive.open(member) as stream:
+        return np.lib.format.read_array(stream, allow_pickle=False)
 
 
 def _check_npz_images(path: Path, x: np.ndarray) -> np.ndarray:
@@ -283,6 +463,8 @@ def _check_npz_labels(path: Path, y: np.ndarray, count: int) -> np.ndarray:
         raise SmoothInvError(
             f"{path}: y has negative labels (min {y.min()}); labels must be class indices 0, 1, ..."
         )
+    if y.max() > _MAX_LABEL:
+        raise SmoothInvError(f"{path}: y has a label of {y.max()}; labels must be class indices 0, 1, ...")
     return y
 
 

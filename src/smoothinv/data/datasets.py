@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
+import zlib
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +28,12 @@ from ..errors import SmoothInvError
 DATA_ENV = "SMOOTHINV_DATA"
 CACHE_ENV = "SMOOTHINV_CACHE"
 DEFAULT_DATA_DIR = Path("../shared/data")
+
+# The largest IDX array read (Fashion-MNIST's biggest file is 47 MB); checked from the header
+# before decompressing, so a crafted .gz cannot expand without bound.
+MAX_IDX_BYTES = 1 << 30
+# Formats decoded from the CIFAR-10 tar (it holds JPEGs); others are refused.
+_TAR_IMAGE_FORMATS = ("JPEG", "PNG")
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -102,10 +110,12 @@ def _decode_cifar_tar(tar_path: Path) -> Dataset:
                 if not member.isfile() or len(parts) != 3 or parts[0] not in images:
                     continue
                 raw = tar.extractfile(member).read()  # type: ignore[union-attr]
-                with Image.open(io.BytesIO(raw)) as im:
+                with Image.open(io.BytesIO(raw), formats=_TAR_IMAGE_FORMATS) as im:
+                    if im.width * im.height > 4096 * 4096:
+                        raise ValueError(f"{member.name} is {im.width}x{im.height}, not a CIFAR-10 image")
                     images[parts[0]].append((f"{parts[1]}/{parts[2]}", np.asarray(im.convert("RGB"), dtype=np.uint8)))
-    except (tarfile.TarError, OSError) as e:
-        raise SmoothInvError(f"cannot read {tar_path}: {e}") from None
+    except (tarfile.TarError, OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
+        raise SmoothInvError(f"cannot read {tar_path}: {' '.join(str(e).split())}") from None
     classes = sorted({name.split("/")[0] for name, _ in images["train"]})
     if not classes or not images["test"]:
         raise SmoothInvError(f"{tar_path} does not hold train/<class>/*.jpg and test/<class>/*.jpg")
@@ -133,20 +143,26 @@ def _save_cache(path: Path, data: Dataset) -> None:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip'd), as used by (Fashion-)MNIST, → uint8 array of its shape."""
+    """An IDX file (gzip'd), as used by (Fashion-)MNIST, → uint8 array of its shape.
+
+    Only as many bytes as the header declares are decompressed, after checking that
+    number against MAX_IDX_BYTES."""
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise SmoothInvError(f"cannot read {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise SmoothInvError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise SmoothInvError(f"{path} is truncated: header says {dims}, found {body.size} values")
-    return body.reshape(dims).copy()  # writable, detached from the decompressed buffer
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08:
+                raise SmoothInvError(f"{path} is not an unsigned-byte IDX file")
+            header = f.read(4 * magic[3])
+            dims = [int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(len(header) // 4)]
+            size = math.prod(dims)
+            if len(dims) != magic[3] or size > MAX_IDX_BYTES:
+                raise SmoothInvError(f"{path}: IDX header declares shape {dims}; it is not a dataset file")
+            raw = f.read(size)
+    except (OSError, EOFError, zlib.error) as e:
+        raise SmoothInvError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    if len(raw) != size:
+        raise SmoothInvError(f"{path} is truncated: header says {dims}, found {len(raw)} values")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims).copy()  # writable, detached from the buffer
 
 
 def load_fashion_mnist(root: str | Path | None = None) -> Dataset:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,23 @@ from smoothinv.errors import SmoothInvError
 
 # Lower-case file extensions treated as images when scanning folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
+
+# The only formats decoded, whatever a file's name says. Pillow can open many more; files are
+# untrusted, and some of those formats run external programs (EPS runs Ghostscript) or use
+# rarely exercised parsers.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "WEBP")
+
+# Images whose header declares more pixels than this are refused before decoding, so a small
+# file cannot expand into gigabytes (a decompression bomb). 40 M pixels is e.g. 8000x5000;
+# decoded as float32 RGB it takes 480 MB.
+MAX_IMAGE_PIXELS = 40_000_000
+
+# What a decoder may raise on a crafted or damaged file (Pillow's parsers are not limited to
+# OSError); each becomes one "cannot read" line instead of a traceback.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    ZeroDivisionError, OverflowError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+)
 
 # ITU-R 601-2 luma weights: the ones Pillow uses for convert("L").
 _LUMA = (0.299, 0.587, 0.114)
@@ -130,7 +149,8 @@ def load_image(
     """Read one PNG/JPEG/BMP/WebP file as a float32 tensor [channels,H,W] in [0,1].
 
     `size` (height, width), when given, resizes and center-crops to exactly that size.
-    Raises SmoothInvError for a missing path, a directory, or an unreadable image.
+    Raises SmoothInvError for a missing path, a directory, an unreadable or damaged image,
+    another format (see IMAGE_FORMATS), or one larger than MAX_IMAGE_PIXELS.
     """
     check_channels(channels)
     size = check_size(size)
@@ -139,14 +159,41 @@ def load_image(
         raise SmoothInvError(f"image {path} does not exist; check the path")
     if not path.is_file():
         raise SmoothInvError(f"{path} is not a file; pass the path of one PNG, JPEG, BMP or WebP image")
+    if path.stat().st_size == 0:
+        raise SmoothInvError(f"image {path} is empty (0 bytes); pass a valid PNG, JPEG, BMP or WebP file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image_to_tensor(image, size=size, channels=channels)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                check_pixel_count(path, image.size)
+                image.load()
+                return image_to_tensor(image, size=size, channels=channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SmoothInvError(
+            f"image {path} declares too many pixels to decode safely (limit {MAX_IMAGE_PIXELS:,}, "
+            "smoothinv.data.images.MAX_IMAGE_PIXELS); pass a smaller image"
+        ) from None
+    except UnidentifiedImageError:
+        raise SmoothInvError(
+            f"cannot read {path} as an image: it is not a PNG, JPEG, BMP or WebP file (or it is damaged); "
+            "convert it to PNG"
+        ) from None
+    except _DECODE_ERRORS as exc:
         raise SmoothInvError(
             f"cannot read {path} as an image ({_one_line(exc)}); pass a valid PNG, JPEG, BMP or WebP file"
         ) from None
+
+
+def check_pixel_count(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
+    """Refuse an image whose declared width x height exceeds MAX_IMAGE_PIXELS (before decoding it)."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise SmoothInvError(f"image {path} declares an empty size {width}x{height}; pass a real image")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise SmoothInvError(
+            f"image {path} declares {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+            "(smoothinv.data.images.MAX_IMAGE_PIXELS; a decompression bomb?); pass a smaller image"
+        )
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:

@@ -2,5 +2,6 @@
 
 from .decision import DecisionRule
 from .scan import ClassResult, Evidence, ScanResult, ScanSettings, scan, scan_eps
+from .checkpoint import ScanCheckpoint  # noqa: E402 - imports .scan
 
-__all__ = ["ClassResult", "DecisionRule", "Evidence", "ScanResult", "ScanSettings", "scan", "scan_eps"]
+__all__ = ["ClassResult", "DecisionRule", "Evidence", "ScanCheckpoint", "ScanResult", "ScanSettings", "scan", "scan_eps"]

@@ -3,27 +3,37 @@ a score per class and a verdict (see decision.py for the rule).
 
 For SmoothInv every (class, ε, σ) is one row of a single batched descent, so all classes
 and noise copies share each forward pass; rows whose target probability saturates stop
-costing compute, and a time budget stops all rows. Other methods run once per class.
+costing compute. Other methods run once per class.
+
+The time budget bounds the whole scan (noise probe, synthesis and evaluation; see
+budget.py). A checkpoint (checkpoint.py) saves the work as it goes, so that a killed scan,
+rerun, continues where it stopped and gives the same result.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..engine.early_stop import RowStopper
+from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import hits_by_source, predict, triggered_hits
+from ..engine.pgd import DescentCheckpoint
 from ..engine.sweep import PAPER_EPS, Grid, ProgressHook, eps_scale, grid_options
 from ..errors import SmoothInvError
 from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
 from ..methods.smoothinv import SmoothInv
+from .budget import BudgetExhausted, TimeBudget, evaluation_calls
 from .decision import DecisionRule, class_scores, flagged
 from .noise_sink import NoiseSink, probe_noise_sink
+
+if TYPE_CHECKING:
+    from .checkpoint import RunCheckpoint, ScanCheckpoint
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
 SCAN_SIGMAS = (0.25, 0.5, 1.0)
@@ -51,6 +61,7 @@ class ScanSettings:
     steps: int = 200
     stop_prob: float | None = 0.99
     time_budget: float | None = None
+    """Seconds the whole scan may take (noise probe, synthesis, evaluation, fallback rerun)."""
     max_batch: int = 256
     seed: int = 0
     rule: DecisionRule = DecisionRule()
@@ -151,6 +162,7 @@ def scan(
     classes: Sequence[int] | None = None,
     progress: ProgressHook | None = None,
     on_fallback: FallbackHook | None = None,
+    checkpoint: ScanCheckpoint | None = None,
 ) -> ScanResult:
     """Scan `classes` (default: all) of `model` using the clean image(s) [C,H,W].
 
@@ -159,74 +171,95 @@ def scan(
     image is skipped. ASR is measured on clean_images [N,C,H,W] whose label is not the class.
     If no perturbation moved anything (see PINNED_ASR), the scan reruns at the fallback σ and
     records the first grid in `fallback_from`; `on_fallback` hears of the rerun before it starts.
+
+    settings.time_budget bounds all of it: what the deadline cut is skipped with a reason, the
+    verdict comes from what was evaluated, and `timed_out` is set (budget.py). A `checkpoint`
+    (checkpoint.ScanCheckpoint) keeps finished work as the scan goes and resumes the work an
+    identical scan saved before it was killed; the result is the same as an uninterrupted
+    scan's. The caller discards the checkpoint once it has stored the result.
     """
     start = time.perf_counter()
-    deadline = None if settings.time_budget is None else start + settings.time_budget
-    result = _scan_once(model, images, clean_images, clean_labels, num_classes, settings, classes, progress, deadline)
+    budget = TimeBudget(settings.time_budget, start)
+    if checkpoint is not None:
+        checkpoint.begin(model, images, clean_images, clean_labels, num_classes, settings, classes)
+    once = functools.partial(_scan_once, model, images, clean_images, clean_labels, num_classes, classes=classes,
+                             progress=progress, budget=budget)
+    result = once(settings, saved=None if checkpoint is None else checkpoint.run("grid"))
     fallback = tuple(s for s in settings.fallback_sigmas if s not in result.sigmas)
     if not result.sigmas or not fallback or result.timed_out or result.max_asr >= settings.pinned_asr:
         return result
     rerun = replace(settings, sigmas=fallback)
     if on_fallback is not None:
         on_fallback(result, scan_steps(rerun, images[0].shape, len(classes) if classes is not None else num_classes))
-    retry = _scan_once(model, images, clean_images, clean_labels, num_classes, rerun, classes, progress, deadline)
+    try:
+        retry = once(rerun, saved=None if checkpoint is None else checkpoint.run("fallback"))
+    except BudgetExhausted:  # the rerun found nothing in time: the first grid is what was evaluated
+        result.timed_out = True
+        result.seconds["total_s"] = round(time.perf_counter() - start, 3)
+        return result
     retry.fallback_from = {"sigmas": list(result.sigmas), "max_asr": round(result.max_asr, 6),
                            "seconds": result.seconds["total_s"]}
     retry.seconds["total_s"] = round(time.perf_counter() - start, 3)
     return retry
 
 
+NOT_SYNTHESISED = "the time budget ran out before this class was synthesised"
+NOT_EVALUATED = "the time budget ran out before this class's transfer was measured"
+
+
 def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor, clean_labels: Tensor,
-               num_classes: int, settings: ScanSettings, classes: Sequence[int] | None,
-               progress: ProgressHook | None, deadline: float | None) -> ScanResult:
-    """One scan over settings.sigmas (see `scan`)."""
+               num_classes: int, settings: ScanSettings, *, classes: Sequence[int] | None,
+               progress: ProgressHook | None, budget: TimeBudget, saved: RunCheckpoint | None) -> ScanResult:
+    """One scan over settings.sigmas (see `scan`); `saved` is this pass's checkpoint."""
     start = time.perf_counter()
     stack = torch.stack(list(images))
     predictions = predict(model, stack).tolist()
-    wanted = list(range(num_classes)) if classes is None else sorted(set(classes))
-    bad = [c for c in wanted if not 0 <= c < num_classes]
-    if bad:
-        raise SmoothInvError(f"class {bad[0]} does not exist: the model has {num_classes} classes (0..{num_classes - 1})")
-    chosen: dict[int, int] = {}
-    skipped: dict[int, str] = {}
-    for c in wanted:
-        source = next((i for i, p in enumerate(predictions) if p != c), None)
-        if source is None:
-            skipped[c] = "every scan image is already classified as this class; add an image of another class"
-        elif not bool((clean_labels != c).any()):
-            skipped[c] = "the clean set has no image of another class"
-        else:
-            chosen[c] = source
-    if not chosen:
-        raise SmoothInvError("no class can be scanned: " + "; ".join(f"{c}: {why}" for c, why in skipped.items()))
-
+    chosen, skipped = _choose_images(predictions, clean_labels, num_classes, classes)
     eps = tuple(settings.eps) if settings.eps else scan_eps(stack.shape[1:])
     sink = None
     sigmas: tuple[float, ...] = ()
     if "sigma" in method_class(settings.method).grid_axes:
         sigmas = tuple(settings.sigmas)
-        sink = probe_noise_sink(model, clean_images, sigmas, noise_samples=settings.noise_samples, seed=settings.seed)
+        sink = _probe(model, clean_images, settings, budget, saved)
     probe_s = time.perf_counter() - start
+    budget.calibrate(model, clean_images, settings.max_batch)
     grid = Grid(eps, sigmas or (0.0,))
+    configs = len(grid_options(settings.method, grid))
+    chunks = class_chunks(list(chosen), settings, grid, stack.shape[1:])
+    label = f"scan {settings.method}"
     results: list[ClassResult] = []
     synth_s = eval_s = 0.0
     timed_out = False
-    for chunk in class_chunks(list(chosen), settings, grid, stack.shape[1:]):
-        if results and deadline is not None and time.perf_counter() > deadline:
-            skipped.update({c: "the time budget ran out before this class was synthesised" for c in chunk})
+    for index, chunk in enumerate(chunks):
+        stored = None if saved is None else saved.chunk(index, chunk, stack)
+        if stored is not None:
+            results += stored
+            if progress is not None:
+                progress(label, scan_steps(settings, stack.shape[1:], len(chunk)))
+            continue
+        synth_deadline = budget.synthesis_deadline(evaluation_calls(chunk, configs, clean_labels, settings.max_batch))
+        if timed_out or budget.passed(synth_deadline):
+            skipped.update({c: NOT_SYNTHESISED for c in chunk})
             timed_out = True
             continue
+        descent = None if saved is None else _resumable(saved, index, len(chunks), settings.steps, label, progress)
         begin = time.perf_counter()
-        rows_per_class, chunk_timed_out = _synthesise(model, stack, {c: chosen[c] for c in chunk}, grid, settings,
-                                                      deadline, progress)
-        timed_out |= chunk_timed_out
+        runs, chunk_timed_out = _synthesise(budget.guard(model, synth_deadline), stack, {c: chosen[c] for c in chunk},
+                                            grid, settings, synth_deadline, progress, descent)
         synth_s += time.perf_counter() - begin
         begin = time.perf_counter()
-        results += [_evaluate(model, c, chosen[c], rows_per_class[c], clean_images, clean_labels, settings.max_batch)
-                    for c in chunk if rows_per_class[c]]
+        evaluated, cut = _evaluate_chunk(model, chunk, chosen, runs, clean_images, clean_labels, settings.max_batch,
+                                         budget)
         eval_s += time.perf_counter() - begin
+        results += evaluated
+        skipped.update(cut)
+        timed_out |= chunk_timed_out or bool(cut)
+        if saved is not None and not (chunk_timed_out or cut):
+            saved.save_chunk(index, evaluated)
+    if saved is not None and saved.restored:
+        saved.announce(f"every chunk ({len(chunks)}) was already done")  # unless a chunk said where it resumed
     if not results:
-        raise SmoothInvError("the time budget ran out before any class was synthesised; raise --time-budget")
+        raise budget.exhausted("before any class was synthesised and evaluated")
 
     by_eps = torch.tensor([_asr_by_eps(cr, eps) for cr in results])
     scores = class_scores(by_eps, settings.rule)
@@ -250,6 +283,86 @@ def class_chunks(labels: list[int], settings: ScanSettings, grid: Grid, shape: S
     return [labels[i : i + per_chunk] for i in range(0, len(labels), per_chunk)]
 
 
+def _choose_images(predictions: list[int], clean_labels: Tensor, num_classes: int, classes: Sequence[int] | None
+                   ) -> tuple[dict[int, int], dict[int, str]]:
+    """({class: index of the scan image it is synthesised from}, {class skipped: why})."""
+    wanted = list(range(num_classes)) if classes is None else sorted(set(classes))
+    bad = [c for c in wanted if not 0 <= c < num_classes]
+    if bad:
+        raise SmoothInvError(f"class {bad[0]} does not exist: the model has {num_classes} classes (0..{num_classes - 1})")
+    chosen: dict[int, int] = {}
+    skipped: dict[int, str] = {}
+    for c in wanted:
+        source = next((i for i, p in enumerate(predictions) if p != c), None)
+        if source is None:
+            skipped[c] = "every scan image is already classified as this class; add an image of another class"
+        elif not bool((clean_labels != c).any()):
+            skipped[c] = "the clean set has no image of another class"
+        else:
+            chosen[c] = source
+    if not chosen:
+        raise SmoothInvError("no class can be scanned: " + "; ".join(f"{c}: {why}" for c, why in skipped.items()))
+    return chosen, skipped
+
+
+def _probe(model: nn.Module, clean_images: Tensor, settings: ScanSettings, budget: TimeBudget,
+           saved: RunCheckpoint | None) -> NoiseSink:
+    """The noise-sink probe at settings.sigmas (saved, or run within the budget and saved)."""
+    stored = None if saved is None else saved.probe()
+    if stored is not None:
+        return stored
+    try:
+        sink = probe_noise_sink(budget.guard(model), clean_images, settings.sigmas,
+                                noise_samples=settings.noise_samples, seed=settings.seed)
+    except DeadlinePassed:
+        raise budget.exhausted("during the noise-sink probe, before any class was synthesised") from None
+    if saved is not None:
+        saved.save_probe(sink)
+    return sink
+
+
+DescentFactory = Callable[[RowStopper], DescentCheckpoint]
+"""The checkpoint of a chunk's descent, given the descent's RowStopper."""
+
+
+def _resumable(saved: RunCheckpoint, index: int, chunks: int, steps: int, label: str,
+               progress: ProgressHook | None) -> DescentFactory:
+    """Chunk `index`'s descent checkpoint; it says from where the scan resumes and catches the
+    progress bar up with the steps it restores."""
+    where = f"chunk {index + 1}/{chunks}"
+    if saved.restored and not saved.has_descent(index):
+        saved.announce(f"{where}, from its first step")
+
+    def resumed(step: int) -> None:
+        saved.announce(f"{where} at step {step}/{steps}")
+        if progress is not None:
+            progress(label, step)
+
+    return lambda stopper: saved.descent(index, halted=lambda: stopper.timed_out, on_resume=resumed)
+
+
+def _evaluate_chunk(model: nn.Module, chunk: list[int], chosen: dict[int, int], runs: dict[int, list[InversionResult]],
+                    clean_images: Tensor, clean_labels: Tensor, batch_size: int, budget: TimeBudget
+                    ) -> tuple[list[ClassResult], dict[int, str]]:
+    """(evaluated classes, {class skipped: why}). Classes are measured whole, in order, until
+    the deadline: a class the deadline cuts is skipped, never decided on part of its configs."""
+    guarded = budget.guard(model)
+    done: list[ClassResult] = []
+    cut: dict[int, str] = {}
+    for c in chunk:
+        if not runs[c]:
+            cut[c] = NOT_SYNTHESISED
+        elif any(why == NOT_EVALUATED for why in cut.values()):
+            cut[c] = NOT_EVALUATED
+        else:
+            try:
+                done.append(_evaluate(guarded, c, chosen[c], runs[c], clean_images, clean_labels, batch_size))
+            except DeadlinePassed:
+                cut[c] = NOT_EVALUATED
+    budget.observe(guarded)
+    return done, cut
+
+
 def _evaluate(model: nn.Module, label: int, image_index: int, runs: list[InversionResult], clean_images: Tensor,
               clean_labels: Tensor, batch_size: int) -> ClassResult:
     """Measure every run's transfer ASR; keep the best run per ε whole and the others as records."""
@@ -271,8 +384,22 @@ def _asr_by_eps(result: ClassResult, eps: tuple[float, ...]) -> list[float]:
 
 
 def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: Grid, settings: ScanSettings,
-                deadline: float | None, progress: ProgressHook | None) -> tuple[dict[int, list[InversionResult]], bool]:
-    """({class: [InversionResult per grid point]}, whether the deadline cut synthesis short)."""
+                deadline: float | None, progress: ProgressHook | None, descent: DescentFactory | None = None
+                ) -> tuple[dict[int, list[InversionResult]], bool]:
+    """({class: [InversionResult per grid point]}, whether the deadline cut synthesis short).
+
+    `model` may refuse forward passes after `deadline` (budget.TimeBudget.guard); `descent`
+    checkpoints SmoothInv's batched descent (other methods' chunks are checkpointed whole)."""
+    try:
+        return _synthesise_rows(model, stack, chosen, grid, settings, deadline, progress, descent)
+    except DeadlinePassed:  # before the first step (the model probe of prepare_batch)
+        return {c: [] for c in chosen}, True
+
+
+def _synthesise_rows(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: Grid, settings: ScanSettings,
+                     deadline: float | None, progress: ProgressHook | None, descent: DescentFactory | None
+                     ) -> tuple[dict[int, list[InversionResult]], bool]:
+    """_synthesise, which see."""
     points = grid_options(settings.method, grid)
     labels = list(chosen)
     out: dict[int, list[InversionResult]] = {c: [] for c in labels}
@@ -288,7 +415,7 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
         stopper = RowStopper(settings.stop_prob, deadline)
         begin = time.perf_counter()
         trace = inverter.descend_rows(model, images, targets, eps, sigma, seed=settings.seed, callback=hook,
-                                      stopper=stopper)
+                                      stopper=stopper, checkpoint=None if descent is None else descent(stopper))
         results = additive_results(inverter.name, images, targets, trace.perturbation, trace.loss, trace.target_prob,
                                    inverter.config(), time.perf_counter() - begin)
         for (c, point), result in zip(rows, results):
@@ -304,8 +431,12 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
             break
         method = get_method(settings.method, **method_options(settings.method, {**settings.options(), **point}))
         images = stack[[chosen[c] for c in labels]]
-        for c, result in zip(labels, method.invert_batch(model, images, torch.tensor(labels), seed=settings.seed,
-                                                         callback=hook)):
+        try:
+            batch = method.invert_batch(model, images, torch.tensor(labels), seed=settings.seed, callback=hook)
+        except DeadlinePassed:
+            timed_out = True
+            break
+        for c, result in zip(labels, batch):
             out[c].append(result)
     return out, timed_out
 

@@ -7,13 +7,17 @@ from torch import Tensor, nn
 
 from ..errors import SmoothInvError
 from ..triggers import Trigger
+from .logits import check_logits
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """argmax f(x) for images [N,C,H,W] → labels [N], on the model's device."""
     device = model_device(model)
-    out = [model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size].to(device)
+        out.append(check_logits(model(batch), len(batch), "evaluation").argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 

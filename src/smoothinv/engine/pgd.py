@@ -11,12 +11,15 @@ Two update rules:
 After each update p is clamped so x + p stays in [0,1], then projected onto the
 ε-ball. Both steps keep the other's constraint (the projection shrinks p toward 0, a
 convex combination of x and x + p), so after every step ‖p‖₂ ≤ ε and x + p ∈ [0,1].
+
+A descent can be checkpointed (see `DescentCheckpoint`): it then saves its state now and
+then and, when restarted, continues from the saved state bit for bit, as if never stopped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -30,6 +33,17 @@ StepCallback = Callable[[int, Tensor, Tensor], None]
 """Called after each step with (step index, loss [B], target probability [B])."""
 
 Optimizer = Literal["pgd", "momentum"]
+
+
+class StopDescent(Exception):
+    """Raised by a loss function to end the descent at the current p (a deadline has passed).
+
+    loss, prob [B]: the values to record for that p (the last ones known)."""
+
+    def __init__(self, loss: Tensor, prob: Tensor) -> None:
+        super().__init__("the descent was stopped")
+        self.loss = loss
+        self.prob = prob
 
 
 @dataclass(frozen=True)
@@ -84,23 +98,118 @@ def normalize_l2(g: Tensor) -> Tensor:
     return torch.where(norms > 0, scaled / norms.clamp_min(1e-30), torch.zeros_like(g))
 
 
+class Stateful(Protocol):
+    """A piece of a loss function whose state a checkpoint must carry (its noise generator, a
+    RowStopper): without it a resumed descent would draw other noise or revive stopped rows."""
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
+
+class GeneratorPart:
+    """A torch.Generator as a `Stateful` part: its state is a CPU byte tensor."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
+@dataclass
+class DescentState:
+    """Where a descent stands after `step` updates: enough to continue it bit for bit.
+
+    p [B,C,H,W]; velocity [B,C,H,W] (momentum only, else None); loss, prob [step,B]: the
+    values before each update so far; parts: each `Stateful` part's state, by part name.
+    """
+
+    step: int
+    p: Tensor
+    velocity: Tensor | None
+    loss: Tensor
+    prob: Tensor
+    parts: dict[str, dict[str, Tensor]]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor but the loss history, by a flat name ("p", "part.noise.state", …)."""
+        named = {"p": self.p} if self.velocity is None else {"p": self.p, "velocity": self.velocity}
+        named.update({f"part.{part}.{key}": t for part, state in self.parts.items() for key, t in state.items()})
+        return named
+
+    def mismatch(self, saved: DescentState, steps: int) -> str | None:
+        """Why `saved` cannot continue the `steps`-step descent this fresh state (step 0)
+        begins, or None if it can: every tensor must have the same name, shape and dtype."""
+        if not 1 <= saved.step <= steps:
+            return f"it is at step {saved.step} of a {steps}-step descent"
+        fresh, old = self.tensors(), saved.tensors()
+        if fresh.keys() != old.keys():
+            return f"it holds {sorted(old)} instead of {sorted(fresh)}"
+        for name, t in fresh.items():
+            if old[name].shape != t.shape or old[name].dtype != t.dtype:
+                return f"its {name} is {old[name].dtype} {list(old[name].shape)}, not {t.dtype} {list(t.shape)}"
+        rows = self.p.shape[0]
+        if saved.loss.shape != (saved.step, rows) or saved.prob.shape != (saved.step, rows):
+            return f"its loss history is {list(saved.loss.shape)}, not {[saved.step, rows]}"
+        return None
+
+
+class DescentCheckpoint(Protocol):
+    """Where a descent saves its state and from which it resumes (see `descend`)."""
+
+    def restore(self, fresh: DescentState, steps: int) -> DescentState | None:
+        """The saved state to continue from, or None to start afresh; `fresh` is the state at
+        step 0 (to check the saved one against, e.g. with `DescentState.mismatch`)."""
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether to save the state now, after `step` of `steps` updates."""
+
+    def save(self, state: DescentState) -> None:
+        """Keep `state` (its tensors may live on the descent's device)."""
+
+
 def descend(
     loss_and_grad: LossAndGrad,
     x: Tensor,
     eps: Tensor,
     settings: PGDSettings,
     callback: StepCallback | None = None,
+    *,
+    checkpoint: DescentCheckpoint | None = None,
+    parts: Mapping[str, Stateful] | None = None,
 ) -> PGDTrace:
     """Minimise loss(x + p) over ‖p‖₂ ≤ eps, x + p ∈ [0,1], starting from p = 0.
 
     x [B,C,H,W] in [0,1]; eps [B]. Returns the final p and the loss/probability
-    before each step plus at the final p.
+    before each step plus at the final p. A loss function that raises StopDescent ends the
+    descent there: the curves then have one entry per step run, plus the final one.
+
+    With a `checkpoint`, the descent starts from the state it restores, if any, and saves
+    its state whenever the checkpoint says it is due; `parts` (the loss function's noise
+    generator, its RowStopper) are saved and restored with it. A resumed descent makes the
+    same updates as one never stopped, so its result is the same bit for bit.
     """
+    parts = dict(parts or {})
     p = torch.zeros_like(x)
     velocity = torch.zeros_like(x)
-    losses, probs = [], []
-    for step in range(settings.steps + 1):
-        loss, prob, grad = loss_and_grad(x + p)
+    losses: list[Tensor] = []
+    probs: list[Tensor] = []
+    first = 0
+    if checkpoint is not None:
+        saved = checkpoint.restore(_state(0, p, velocity, losses, probs, parts, settings, x), settings.steps)
+        if saved is not None:
+            first, p, velocity, losses, probs = _resume(saved, x, parts)
+    for step in range(first, settings.steps + 1):
+        try:
+            loss, prob, grad = loss_and_grad(x + p)
+        except StopDescent as stop:
+            losses.append(stop.loss.detach())
+            probs.append(stop.prob.detach())
+            break
         if not bool(torch.isfinite(loss).all()):
             raise SmoothInvError(
                 f"the loss became NaN/inf at step {step}: the model returns non-finite "
@@ -120,4 +229,26 @@ def descend(
         p = project_l2(p, eps)
         if callback is not None:
             callback(step, loss, prob)
+        if checkpoint is not None and checkpoint.due(step + 1, settings.steps):
+            checkpoint.save(_state(step + 1, p, velocity, losses, probs, parts, settings, x))
     return PGDTrace(p.detach(), torch.stack(losses), torch.stack(probs))
+
+
+def _state(step: int, p: Tensor, velocity: Tensor, losses: list[Tensor], probs: list[Tensor],
+           parts: Mapping[str, Stateful], settings: PGDSettings, x: Tensor) -> DescentState:
+    """The descent's state after `step` updates (velocity only where momentum uses it)."""
+    empty = x.new_zeros(0, x.shape[0])
+    return DescentState(step, p.detach(), velocity.detach() if settings.optimizer == "momentum" else None,
+                        torch.stack(losses) if losses else empty, torch.stack(probs) if probs else empty,
+                        {name: part.state_dict() for name, part in parts.items()})
+
+
+def _resume(saved: DescentState, x: Tensor, parts: Mapping[str, Stateful]
+            ) -> tuple[int, Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """(next step, p, velocity, loss history, prob history) from a saved state, on x's device;
+    the parts take their saved state."""
+    p = saved.p.to(device=x.device, dtype=x.dtype)
+    velocity = torch.zeros_like(x) if saved.velocity is None else saved.velocity.to(device=x.device, dtype=x.dtype)
+    for name, part in parts.items():
+        part.load_state_dict(saved.parts[name])
+    return (saved.step, p, velocity, list(saved.loss.to(x.device).unbind(0)), list(saved.prob.to(x.device).unbind(0)))

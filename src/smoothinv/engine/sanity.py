@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import SmoothInvError
 from ..triggers import Trigger
 from .metrics import model_device
 from .smoothing import SmoothedClassifier
@@ -27,7 +28,7 @@ def smoothed_predictions(smoothed: SmoothedClassifier, images: Tensor, sigma: fl
     generator = torch.Generator(device=device).manual_seed(seed)
     out = [smoothed.probs(images[i : i + batch_size].to(device), sigma, generator).argmax(1).cpu()
            for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def sanity_table(
@@ -54,6 +55,10 @@ def sanity_table(
         attacked = labels != target
         if source_classes is not None:
             attacked &= torch.isin(labels, torch.tensor(list(source_classes), dtype=labels.dtype))
+        if not bool(attacked.any()):
+            which = "" if source_classes is None else f" among the source classes {sorted(source_classes)}"
+            raise SmoothInvError(f"the clean set has no image outside the target class {target}{which}, so the "
+                                 "true-trigger ASR cannot be measured; use a clean set with other classes")
         triggered = trigger.apply(images[attacked])
     rows = []
     for sigma in sigmas:

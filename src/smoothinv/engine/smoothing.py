@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .logits import check_logits
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """T(noisy images [M,C,H,W], their σ [M]) → images [M,C,H,W]."""
 
@@ -53,15 +55,7 @@ class SmoothedClassifier:
         noisy = x + noise * sigma.view(-1, 1, 1, 1)
         if self.denoiser is not None:
             noisy = self.denoiser(noisy, sigma)
-        logits = self.base(noisy)
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            from ..errors import SmoothInvError
-
-            raise SmoothInvError(
-                f"model returned shape {list(logits.shape)} for a batch of {x.shape[0]}; "
-                "expected [batch, num_classes]"
-            )
-        return logits
+        return check_logits(self.base(noisy), x.shape[0], "smoothing")
 
     def _chunks(self, x: Tensor, sigma: Tensor):
         """Yield (row index [m], images [m,C,H,W], σ [m]) over the N copies of every row."""

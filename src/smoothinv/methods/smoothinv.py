@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.early_stop import RowStopper
-from ..engine.pgd import Optimizer, PGDSettings, PGDTrace, StepCallback, descend
+from ..engine.pgd import DescentCheckpoint, GeneratorPart, Optimizer, PGDSettings, PGDTrace, StepCallback, Stateful, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..errors import SmoothInvError
 from .base import InversionResult, Inverter, additive_results, prepare_batch, register_method
@@ -99,10 +99,13 @@ class SmoothInv(Inverter):
         seed: int = 0,
         callback: StepCallback | None = None,
         stopper: RowStopper | None = None,
+        checkpoint: DescentCheckpoint | None = None,
     ) -> PGDTrace:
         """The descent with a per-row ε [B] and σ [B], so a whole grid × classes runs as one batch.
 
         A `stopper` skips rows whose target probability has saturated and honours a deadline.
+        A `checkpoint` saves the descent now and then and resumes a saved one bit for bit (it
+        carries the noise generator's and the stopper's state too; see engine.pgd.descend).
         """
         x, y = prepare_batch(model, images, targets)
         device = x.device
@@ -117,7 +120,10 @@ class SmoothInv(Inverter):
         eps = eps.to(device=device, dtype=torch.float32)
         loss_and_grad = (stopper.wrap(rows_loss_and_grad, origin=x, eps=eps) if stopper
                          else (lambda x_adv: rows_loss_and_grad(x_adv, everything)))
-        return descend(loss_and_grad, x, eps, self.settings, callback)
+        parts: dict[str, Stateful] = {"noise": GeneratorPart(generator)}
+        if stopper is not None:
+            parts["stopper"] = stopper
+        return descend(loss_and_grad, x, eps, self.settings, callback, checkpoint=checkpoint, parts=parts)
 
 
 class PlainAdv(SmoothInv):

@@ -1,11 +1,14 @@
 """The public way in and out of model files: load_model, save_model, probe_model.
 
-load_model reads any supported format (see ``formats``) without running code from the
-file, rebuilds state_dicts into a registered architecture (see ``state_dicts``), merges
-settings from arguments, safetensors metadata and registry defaults, and returns a
-frozen eval-mode ``LoadedModel``. safetensors metadata may carry ``arch``,
-``num_classes``, ``input_size`` ("H,W"), ``channels``, ``mean`` and ``std``
-(comma-separated floats); save_model writes it.
+load_model reads any supported format (see ``formats`` and the ``onnx`` subpackage) without
+running code from the file, unless the caller passes ``trust_code=True`` for the formats
+that carry code (pickled models, TorchScript). It rebuilds state_dicts into a registered
+architecture (see ``state_dicts``), merges settings from arguments, the file (safetensors
+metadata, an ONNX graph's input shape) and registry defaults, and returns a frozen
+eval-mode ``LoadedModel``. safetensors metadata may carry ``arch``, ``num_classes``,
+``input_size`` ("H,W"), ``channels``, ``mean`` and ``std`` (comma-separated floats);
+save_model writes it. Every declared size is checked against the bounds below before
+anything is allocated for it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from smoothinv.errors import SmoothInvError
 from smoothinv.models import get_model_info, model_names
 from smoothinv.models.formats import (
+    ONNX,
     PICKLE,
     SAFETENSORS,
     STATE_DICT,
@@ -33,6 +37,7 @@ from smoothinv.models.formats import (
     read_torchscript,
 )
 from smoothinv.models.messages import one_line
+from smoothinv.models.timeout import PROBE_TIMEOUT_S, call_with_timeout
 from smoothinv.models.state_dicts import (
     arch_hint,
     as_state_dict,
@@ -43,6 +48,46 @@ from smoothinv.models.state_dicts import (
 
 METADATA_KEYS = ("arch", "num_classes", "input_size", "channels", "mean", "std")
 
+# ----------------------------------------------------------------------------- bounds
+# What a model file (safetensors metadata, an ONNX input shape), a model's output or a flag
+# may declare, checked before anything is allocated for it: a 421 KB file that says
+# input_size=2500,2500 must not make us allocate gigabytes. Data readers import these too.
+MAX_IMAGE_SIDE = 4096  # pixels, for H and for W
+MAX_IMAGE_PIXELS = 2048 * 2048  # H x W
+IMAGE_CHANNELS = (1, 3)  # gray or RGB
+MAX_NUM_CLASSES = 100_000
+MAX_STAT_VALUES = max(IMAGE_CHANNELS)  # values in mean/std: one per channel, or one for all
+
+
+def check_input_size(value: object, name: str = "--input-size") -> tuple[int, int]:
+    """(H, W) from an int or a pair: each side in [1, MAX_IMAGE_SIDE], H*W <= MAX_IMAGE_PIXELS."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise SmoothInvError(f"{name} must be H,W (two positive integers), got {_short(value)}")
+    height, width = (_check_positive_int(v, name) for v in value)
+    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
+        raise SmoothInvError(
+            f"{name} {height}x{width} is too large: at most {MAX_IMAGE_SIDE} pixels per side and "
+            f"{MAX_IMAGE_PIXELS} pixels in all (2048x2048)"
+        )
+    return (height, width)
+
+
+def check_channels(value: object, name: str = "--channels") -> int:
+    """The number of image channels: 1 (gray) or 3 (RGB)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in IMAGE_CHANNELS:
+        raise SmoothInvError(f"{name} must be 1 (gray) or 3 (RGB), got {_short(value)}")
+    return value
+
+
+def check_num_classes(value: object, name: str = "--num-classes") -> int:
+    """A number of classes in [1, MAX_NUM_CLASSES]."""
+    value = _check_positive_int(value, name)
+    if value > MAX_NUM_CLASSES:
+        raise SmoothInvError(f"{name} is {value}; at most {MAX_NUM_CLASSES} classes are supported")
+    return value
+
 
 @dataclass
 class LoadedModel:
@@ -50,7 +95,7 @@ class LoadedModel:
 
     ``module`` maps [B, channels, H, W] images to logits [B, num_classes]; when ``mean``
     and ``std`` are set it is a ``Normalize`` wrapper and expects images in [0, 1].
-    ``format`` is "safetensors", "state_dict", "torchscript" or "pickle".
+    ``format`` is "safetensors", "state_dict", "onnx", "torchscript" or "pickle".
     """
 
     module: nn.Module
@@ -127,24 +172,25 @@ def load_model(
     channels: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    unsafe_pickle: bool = False,
+    trust_code: bool = False,
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Load a classifier from ``path`` in eval mode on ``device``, parameters frozen.
 
     Arguments override the file's safetensors metadata, which overrides the arch's
     registry defaults. State dicts need an arch (argument or metadata). With ``mean``
-    and ``std`` the module is wrapped in ``Normalize``. Every user-fixable problem raises
-    SmoothInvError.
+    and ``std`` the module is wrapped in ``Normalize``. Pickled models and TorchScript
+    carry code that runs on load, so they are refused unless ``trust_code`` is True.
+    Every user-fixable problem raises SmoothInvError.
     """
     path = Path(path)
     torch_device = _parse_device(device)
     if num_classes is not None:
-        num_classes = _check_positive_int(num_classes, "--num-classes")
+        num_classes = check_num_classes(num_classes, "--num-classes")
     if input_size is not None:
-        input_size = _check_input_size(input_size, "--input-size")
+        input_size = check_input_size(input_size, "--input-size")
     if channels is not None:
-        channels = _check_positive_int(channels, "--channels")
+        channels = check_channels(channels, "--channels")
     given = Hints(
         arch=arch,
         num_classes=num_classes,
@@ -162,10 +208,14 @@ def load_model(
         state, raw_metadata = read_safetensors(path)
         hints = given.or_else(_parse_metadata(raw_metadata, path, given))
         fmt = SAFETENSORS
+    elif kind == ONNX:
+        module, declared = _read_onnx(path, given)
+        hints = given.or_else(declared)
+        fmt = ONNX
     elif kind == TORCHSCRIPT:
-        module, fmt = read_torchscript(path), TORCHSCRIPT
+        module, fmt = read_torchscript(path, trust_code), TORCHSCRIPT
     else:
-        obj = unwrap_containers(read_torch_save(path, kind, unsafe_pickle))
+        obj = unwrap_containers(read_torch_save(path, kind, trust_code))
         if isinstance(obj, nn.Module):
             module, fmt = obj, PICKLE
         else:
@@ -175,7 +225,7 @@ def load_model(
     if hints.arch is not None:
         if given.arch is None and hints.arch not in model_names():
             raise SmoothInvError(
-                f"{path.name} names an unknown architecture {hints.arch!r} in its metadata; "
+                f"{path.name} names an unknown architecture {_short(hints.arch)} in its metadata; "
                 f"pass --arch NAME (known: {', '.join(model_names())})"
             )
         info = get_model_info(hints.arch)
@@ -188,7 +238,10 @@ def load_model(
                 f"{', '.join(model_names())}{arch_hint(state)}"
             )
         if num_classes is None:
-            num_classes = infer_num_classes(state, info.head, info.num_classes)
+            num_classes = check_num_classes(
+                infer_num_classes(state, info.head, info.num_classes),
+                f"the number of classes in {path.name}",
+            )
         module = info.builder(num_classes)
         load_state(module, state, info.name, path)
     assert module is not None
@@ -235,9 +288,9 @@ def save_model(
     """
     path = Path(path)
     info = get_model_info(arch)
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    input_size = _check_input_size(input_size, "input_size")
-    channels = _check_positive_int(channels, "channels")
+    num_classes = check_num_classes(num_classes, "num_classes")
+    input_size = check_input_size(input_size, "input_size")
+    channels = check_channels(channels, "channels")
     if not path.parent.is_dir():
         raise SmoothInvError(f"cannot save to {path}: folder {path.parent} does not exist")
     if path.is_dir():
@@ -281,18 +334,23 @@ def probe_model(
     channels: int,
     input_size: tuple[int, int],
     device: str | torch.device = "cpu",
+    timeout: float | None = PROBE_TIMEOUT_S,
 ) -> int:
     """Run ``module`` on zeros [2, channels, H, W]; return the number of classes K.
 
-    The output must be a finite [2, K] tensor with K >= 2.
+    The output must be a finite [2, K] tensor with K >= 2. A model that has not returned
+    after ``timeout`` seconds (None: no limit) is refused: it may loop forever.
     """
-    channels = _check_positive_int(channels, "--channels")
-    height, width = _check_input_size(input_size, "--input-size")
+    channels = check_channels(channels, "--channels")
+    height, width = check_input_size(input_size, "--input-size")
     shape = f"2x{channels}x{height}x{width}"
     x = torch.zeros(2, channels, height, width, device=_parse_device(device))
-    try:
+    def forward() -> object:
         with torch.no_grad():
-            out = module(x)
+            return module(x)
+
+    try:
+        out = call_with_timeout(forward, timeout, f"the model's first forward pass on a {shape} input")
     except SmoothInvError:
         raise
     except Exception as exc:  # the model is arbitrary code: report any failure as one line
@@ -308,6 +366,11 @@ def probe_model(
         raise SmoothInvError(
             f"model output has shape {list(out.shape)} for a {shape} input; "
             "expected [batch, num_classes] with num_classes >= 2"
+        )
+    if out.shape[1] > MAX_NUM_CLASSES:
+        raise SmoothInvError(
+            f"model returns {out.shape[1]} scores per image; at most {MAX_NUM_CLASSES} classes "
+            "are supported"
         )
     if not out.is_floating_point():
         raise SmoothInvError(f"model returned {out.dtype} outputs; expected float logits")
@@ -334,18 +397,20 @@ def _parse_metadata(raw: Mapping[str, str], path: Path, given: Hints) -> Hints:
         try:
             if key == "arch":
                 parsed[key] = value.strip()
-            elif key in ("num_classes", "channels"):
-                parsed[key] = _check_positive_int(int(value), key)
+            elif key == "num_classes":
+                parsed[key] = check_num_classes(_metadata_int(value, key), key)
+            elif key == "channels":
+                parsed[key] = check_channels(_metadata_int(value, key), key)
             elif key == "input_size":
-                parts = [int(p) for p in value.replace("x", ",").split(",")]
-                parsed[key] = _check_input_size(parts * 2 if len(parts) == 1 else parts, key)
+                parts = [_metadata_int(p, key) for p in value.replace("x", ",").split(",")]
+                parsed[key] = check_input_size(parts * 2 if len(parts) == 1 else parts, key)
             else:
                 parsed[key] = _stat_tuple(key, value.split(","))
-        except (ValueError, SmoothInvError):
+        except SmoothInvError as exc:
             flag = "--" + key.replace("_", "-")
             raise SmoothInvError(
-                f"{path.name} has invalid metadata {key}={value!r}; pass {flag} to override "
-                "it, or re-save the file"
+                f"{path.name} has invalid metadata {key}={_short(value)} ({exc}); pass {flag} to "
+                "override it, or re-save the file"
             ) from None
     return Hints(**parsed)  # type: ignore[arg-type]
 
@@ -360,8 +425,11 @@ def _finalize(module: nn.Module, device: torch.device) -> nn.Module:
     except Exception as exc:
         raise SmoothInvError(f"cannot move the model to {device}: {one_line(exc)}") from None
     module.eval()
-    for param in module.parameters():  # ScriptModules lack requires_grad_()
-        param.requires_grad_(False)
+    try:
+        for param in module.parameters():  # ScriptModules lack requires_grad_()
+            param.requires_grad_(False)
+    except RuntimeError as exc:  # e.g. a trusted TorchScript module whose "parameter" is not a leaf
+        raise SmoothInvError(f"cannot freeze the model's parameters: {one_line(exc)}") from None
     return module
 
 
@@ -374,19 +442,49 @@ def _parse_device(device: str | torch.device) -> torch.device:
 
 def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SmoothInvError(f"{name} must be a positive integer, got {value!r}")
+        raise SmoothInvError(f"{name} must be a positive integer, got {_short(value)}")
     return value
 
 
-def _check_input_size(value: object, name: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise SmoothInvError(f"{name} must be H,W (two positive integers), got {value!r}")
-    height, width = value
-    _check_positive_int(height, name)
-    _check_positive_int(width, name)
-    return (int(height), int(width))
+def _metadata_int(text: str, key: str) -> int:
+    """A whole number from metadata text; '1e9' and '2.5' are refused, not truncated."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise SmoothInvError(f"{key} must be a whole number") from None
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr(value), cut to ``limit`` characters: file contents can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_onnx(path: Path, given: Hints) -> tuple[nn.Module, Hints]:
+    """An ONNX model and the input shape its graph declares, which the arguments must match."""
+    from smoothinv.models.onnx import read_onnx  # imports onnx: only when needed
+
+    def check_declared(channels: int | None, size: tuple[int, int] | None) -> None:
+        if channels is not None:
+            check_channels(channels, f"{path.name}'s ONNX input channels")
+        if size is not None:
+            check_input_size(size, f"{path.name}'s ONNX input size")
+
+    graph = read_onnx(path, check_declared)
+    for flag, mine, theirs in (
+        ("--channels", given.channels, graph.channels),
+        ("--input-size", given.input_size, graph.input_size),
+    ):
+        if mine is not None and theirs is not None and mine != theirs:
+            raise SmoothInvError(
+                f"{flag} {_size_text(mine)} does not match the {_size_text(theirs)} that "
+                f"{path.name}'s ONNX graph declares; omit {flag}"
+            )
+    return graph.module, Hints(channels=graph.channels, input_size=graph.input_size)
+
+
+def _size_text(value: int | tuple[int, int]) -> str:
+    return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
 
 
 def _stat_tuple(name: str, values: Sequence[float]) -> tuple[float, ...]:
@@ -395,8 +493,12 @@ def _stat_tuple(name: str, values: Sequence[float]) -> tuple[float, ...]:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise SmoothInvError(
-            f"--{name} must be numbers, one per channel, got {values!r}"
+            f"--{name} must be numbers, one per channel, got {_short(values)}"
         ) from None
     if not out or not all(v == v and abs(v) != float("inf") for v in out):
-        raise SmoothInvError(f"--{name} must be finite numbers, one per channel, got {values!r}")
+        raise SmoothInvError(f"--{name} must be finite numbers, one per channel, got {_short(values)}")
+    if len(out) > MAX_STAT_VALUES:
+        raise SmoothInvError(
+            f"--{name} has {len(out)} values; give one per channel (at most {MAX_STAT_VALUES})"
+        )
     return out

@@ -48,7 +48,7 @@ def load_zoo_model(name: str, directory: str | Path | None = None, device: str =
         raise SmoothInvError(f"no zoo model named {name!r}; built: {built}")
     record = records[name]
     loaded = load_model(verified_weights(record, directory), device=device)
-    attack = attack_from_dict(record["attack"]) if record["attack"] else None
+    attack = attack_from_dict(record["attack"]) if record.get("attack") else None
     return ZooModel(loaded.module, record, attack)
 
 
