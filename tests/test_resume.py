@@ -65,8 +65,10 @@ def counting(steps: list[int]):
     return lambda label, n: steps.append(n)
 
 
+@pytest.mark.parametrize("every_s", [0, 3600], ids=["saved every step", "saved only on Ctrl-C"])
 @pytest.mark.parametrize("case", ["one chunk", "momentum in three chunks", "fallback rerun"])
-def test_interrupted_scan_resumes_to_the_same_result(subject, tmp_path, monkeypatch, case):
+def test_interrupted_scan_resumes_to_the_same_result(subject, tmp_path, monkeypatch, case, every_s):
+    """Ctrl-C saves the steps finished since the last periodic save, so nothing is lost either way."""
     model, images, x, y = subject
     settings, classes, stop_at, note, total = FAST, [1, 2, PLANTED_TARGET], 25, "resuming: chunk 1/1 at step 24/40", 40
     if case == "momentum in three chunks":
@@ -81,7 +83,7 @@ def test_interrupted_scan_resumes_to_the_same_result(subject, tmp_path, monkeypa
     folder = tmp_path / "checkpoint"
     with pytest.raises(KeyboardInterrupt):
         scan(model, images, x, y, 10, settings, classes, progress=interrupt_after(stop_at),
-             checkpoint=ScanCheckpoint(folder, every_s=0))
+             checkpoint=ScanCheckpoint(folder, every_s=every_s))
     assert any(folder.glob("descent-*.safetensors"))
     notes, steps = [], []
     resumed = scan(model, images, x, y, 10, settings, classes, progress=counting(steps),
@@ -217,19 +219,32 @@ def same_outputs(a: Path, b: Path) -> None:
     assert all((a / p).read_bytes() == (b / p).read_bytes() for p in pictures)
 
 
-def test_cli_resumes_after_kill_9(files, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_cli_resumes_after_kill_9_or_ctrl_c(files, tmp_path, monkeypatch, capsys, how):
+    """kill -9 loses at most the steps since the last save (every step here); a real Ctrl-C, even
+    with no periodic save due, saves the steps done, exits 130 and prints no traceback."""
     out = tmp_path / "killed"
     args = [*files, "--steps", "200", "--classes", f"1,2,{PLANTED_TARGET}", "--out", str(out)]
-    env = {**os.environ, "SMOOTHINV_CHECKPOINT_EVERY_S": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    every = "0" if how == "kill -9" else "3600"
+    env = {**os.environ, "SMOOTHINV_CHECKPOINT_EVERY_S": every, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "smoothinv", *args], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    descent = tmp_path / ".killed.checkpoint" / "descent-grid-0.safetensors"
+    folder = tmp_path / ".killed.checkpoint"
+    descent = folder / "descent-grid-0.safetensors"
+    started = descent if how == "kill -9" else folder / "probe-grid.json"
     deadline = time.monotonic() + 120
-    while not descent.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    _, stderr = process.communicate()
-    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    if how == "kill -9":
+        process.send_signal(signal.SIGKILL)
+    else:
+        time.sleep(1.0)  # into the descent
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    expected = -signal.SIGKILL if how == "kill -9" else 130
+    assert process.returncode == expected, stderr.decode()[-2000:]
+    if how == "Ctrl-C":
+        assert "Traceback" not in stderr.decode() and "rerun the same command" in stderr.decode()
     assert not out.exists() and descent.exists()
 
     code, _, err = run_cli(monkeypatch, capsys, *args)
@@ -282,3 +297,18 @@ def test_cli_ctrl_c_then_changed_model_or_no_resume_starts_over(files, tmp_path,
     code, _, err = run_cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "fresh"))
     assert code == 0, err
     same_outputs(out, tmp_path / "fresh")
+
+
+def test_a_second_scan_of_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    """Two scans writing one --out at once would share, and then delete, one checkpoint."""
+    from smoothinv.errors import SmoothInvError
+
+    first = ScanCheckpoint.beside(tmp_path / "out")
+    second = ScanCheckpoint.beside(tmp_path / "out")
+    with first.held():
+        with pytest.raises(SmoothInvError, match="another scan is writing to the same output"):
+            with second.held():
+                pass
+    with second.held():  # free again once the first is done
+        pass
+    assert not list(tmp_path.glob(".out.checkpoint.lock"))

@@ -31,21 +31,26 @@ def run_interruptibly(command: Callable[[], T]) -> T:
 
     Ctrl-C raises KeyboardInterrupt here once the worker has unwound (or been abandoned)."""
     outcome: dict[str, object] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["value"] = command()
         except BaseException as exc:  # handed to the main thread, which reports it
             outcome["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="smoothinv-command", daemon=True)
     previous = _terminate_like_ctrl_c()
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(POLL_S)
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() can leave the
+        # thread marked as stopped while it still runs (CPython < 3.13).
+        while not done.wait(POLL_S):
+            pass
     except KeyboardInterrupt:
-        _stop(worker)
+        _stop(worker, done)
         raise KeyboardInterrupt from None
     finally:
         if previous is not None:
@@ -67,15 +72,15 @@ def _terminate_like_ctrl_c() -> object | None:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _stop(worker: threading.Thread) -> None:
+def _stop(worker: threading.Thread, done: threading.Event) -> None:
     """Interrupt the worker and wait for it to clean up; exit hard if it cannot."""
     _raise_in(worker, KeyboardInterrupt)
     grace = _grace_seconds()
     try:
-        worker.join(grace)
+        finished = done.wait(grace)
     except KeyboardInterrupt:  # a second Ctrl-C: the user does not want to wait
         _exit_now("interrupted")
-    if worker.is_alive():
+    if not finished:
         _exit_now(f"interrupted; the model did not return within {grace:g} s (stuck in native code), so the "
                   "process was ended; a leftover partial output is removed by the next run")
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
-from ..data import load_clean_set, load_image
+from ..data import CleanSet, load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
 from ..detection.checkpoint import ScanCheckpoint, checkpoint_interval
 from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
@@ -82,6 +82,16 @@ def scan_command(**opts: Any) -> None:
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
     checkpoint = _checkpoint(opts, subject)
+    with checkpoint.held():
+        _run_scan(opts, subject, images, clean, classes, settings, checkpoint, started)
+
+
+def _run_scan(opts: dict[str, Any], subject: Subject, images: list[torch.Tensor], clean: CleanSet,
+              classes: list[int] | None, settings: ScanSettings, checkpoint: ScanCheckpoint, started: float) -> None:
+    """Scan, write the output, then drop the checkpoint (the caller holds it)."""
+    if opts["no_resume"] and checkpoint.directory.exists():
+        checkpoint.discard()
+        checkpoint.log(f"discarded the work an earlier run saved in {checkpoint.directory} (--no-resume)")
     with step_progress(scan_steps(settings, images[0].shape, len(classes) if classes else subject.num_classes), err) as bar:
         def rescan(first: ScanResult, steps: int) -> None:
             err.print(escape(f"no perturbation flipped {settings.pinned_asr:.0%} of the clean images at sigma "
@@ -118,16 +128,11 @@ def scan_command(**opts: Any) -> None:
 
 
 def _checkpoint(opts: dict[str, Any], subject: Subject) -> ScanCheckpoint:
-    """The scan's checkpoint next to --out, keyed by the model file's hash and loading options
-    (--no-resume: an earlier run's work is discarded first)."""
+    """The scan's checkpoint next to --out, keyed by the model file's hash and loading options."""
     model_id = json.dumps({k: v for k, v in subject.describe().items() if k != "path"}, sort_keys=True)
-    checkpoint = ScanCheckpoint.beside(opts["out"], model_id=model_id, every_s=checkpoint_interval(),
-                                       log=lambda note: err.print(escape(note), style="yellow", highlight=False,
-                                                                  soft_wrap=True))
-    if opts["no_resume"] and checkpoint.directory.exists():
-        checkpoint.discard()
-        checkpoint.log(f"discarded the work an earlier run saved in {checkpoint.directory} (--no-resume)")
-    return checkpoint
+    return ScanCheckpoint.beside(opts["out"], model_id=model_id, every_s=checkpoint_interval(),
+                                 log=lambda note: err.print(escape(note), style="yellow", highlight=False,
+                                                            soft_wrap=True))
 
 
 def _table(record: dict[str, Any]) -> Table:

@@ -32,9 +32,15 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+try:  # POSIX; elsewhere two scans of one output are not kept apart
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 from safetensors import safe_open
@@ -98,6 +104,27 @@ class ScanCheckpoint:
             leftover.unlink(missing_ok=True)
         if not (self.directory / KEY_FILE).is_file():
             self._write_text(self.directory / KEY_FILE, json.dumps({"format": FORMAT, "key": key}))
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the checkpoint for this process while the block runs, so that a second scan writing
+        the same output at the same time is refused instead of sharing (and deleting) this one's work.
+        Uses an advisory lock on ``<directory>.lock``; the kernel releases it if the process dies."""
+        lock_path = self.directory.with_name(self.directory.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SmoothInvError(f"another scan is writing to the same output right now (its work is in "
+                                 f"{self.directory}); wait for it to finish or choose another --out") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+            os.close(fd)
 
     def run(self, name: str) -> RunCheckpoint:
         """The part of the checkpoint for one pass of the scan ("grid" or "fallback")."""

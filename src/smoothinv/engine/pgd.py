@@ -200,9 +200,44 @@ def descend(
     probs: list[Tensor] = []
     first = 0
     if checkpoint is not None:
-        saved = checkpoint.restore(_state(0, p, velocity, losses, probs, parts, settings, x), settings.steps)
+        saved = checkpoint.restore(_state(0, p, velocity, losses, probs, _part_states(parts), settings, x),
+                                   settings.steps)
         if saved is not None:
             first, p, velocity, losses, probs = _resume(saved, x, parts)
+    boundary = _Boundary(first, p, velocity, parts, len(losses)) if checkpoint is not None else None
+    try:
+        p = _descend_from(first, loss_and_grad, x, p, velocity, eps, settings, callback, checkpoint, parts,
+                          losses, probs, boundary)
+    except KeyboardInterrupt:
+        if checkpoint is not None and boundary is not None and boundary.step > first:
+            checkpoint.save(boundary.state(losses, probs, settings, x))  # Ctrl-C keeps the steps done
+        raise
+    return PGDTrace(p.detach(), torch.stack(losses), torch.stack(probs))
+
+
+class _Boundary:
+    """The descent's state at the start of its current step, kept cheaply (references, plus a copy
+    of each part's small state) so that an interrupted descent can still save the steps it finished."""
+
+    def __init__(self, step: int, p: Tensor, velocity: Tensor, parts: Mapping[str, Stateful], recorded: int) -> None:
+        self.update(step, p, velocity, parts, recorded)
+
+    def update(self, step: int, p: Tensor, velocity: Tensor, parts: Mapping[str, Stateful], recorded: int) -> None:
+        """Now at the start of `step`, with `recorded` loss/probability entries so far."""
+        self.step, self.p, self.velocity, self.recorded = step, p, velocity, recorded
+        self.parts = _part_states(parts)
+
+    def state(self, losses: list[Tensor], probs: list[Tensor], settings: PGDSettings, x: Tensor) -> DescentState:
+        return _state(self.step, self.p, self.velocity, losses[: self.recorded], probs[: self.recorded], self.parts,
+                      settings, x)
+
+
+def _descend_from(first: int, loss_and_grad: LossAndGrad, x: Tensor, p: Tensor, velocity: Tensor, eps: Tensor,
+                  settings: PGDSettings, callback: StepCallback | None, checkpoint: DescentCheckpoint | None,
+                  parts: Mapping[str, Stateful], losses: list[Tensor], probs: list[Tensor],
+                  boundary: _Boundary | None) -> Tensor:
+    """`descend`'s loop from step `first`: appends to losses/probs, returns the final p, and keeps
+    `boundary` at the start of the step in progress."""
     for step in range(first, settings.steps + 1):
         try:
             loss, prob, grad = loss_and_grad(x + p)
@@ -230,17 +265,23 @@ def descend(
         if callback is not None:
             callback(step, loss, prob)
         if checkpoint is not None and checkpoint.due(step + 1, settings.steps):
-            checkpoint.save(_state(step + 1, p, velocity, losses, probs, parts, settings, x))
-    return PGDTrace(p.detach(), torch.stack(losses), torch.stack(probs))
+            checkpoint.save(_state(step + 1, p, velocity, losses, probs, _part_states(parts), settings, x))
+        if boundary is not None:
+            boundary.update(step + 1, p, velocity, parts, len(losses))
+    return p
+
+
+def _part_states(parts: Mapping[str, Stateful]) -> dict[str, dict[str, Tensor]]:
+    return {name: part.state_dict() for name, part in parts.items()}
 
 
 def _state(step: int, p: Tensor, velocity: Tensor, losses: list[Tensor], probs: list[Tensor],
-           parts: Mapping[str, Stateful], settings: PGDSettings, x: Tensor) -> DescentState:
+           part_states: dict[str, dict[str, Tensor]], settings: PGDSettings, x: Tensor) -> DescentState:
     """The descent's state after `step` updates (velocity only where momentum uses it)."""
     empty = x.new_zeros(0, x.shape[0])
     return DescentState(step, p.detach(), velocity.detach() if settings.optimizer == "momentum" else None,
                         torch.stack(losses) if losses else empty, torch.stack(probs) if probs else empty,
-                        {name: part.state_dict() for name, part in parts.items()})
+                        part_states)
 
 
 def _resume(saved: DescentState, x: Tensor, parts: Mapping[str, Stateful]
