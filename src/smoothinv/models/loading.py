@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from smoothinv.errors import SmoothInvError
-from smoothinv.models import get_model_info, model_names
+from smoothinv.models import ModelInfo, get_model_info, model_names
 from smoothinv.models.formats import (
     ONNX,
     PICKLE,
@@ -185,81 +185,18 @@ def load_model(
     """
     path = Path(path)
     torch_device = _parse_device(device)
-    if num_classes is not None:
-        num_classes = check_num_classes(num_classes, "--num-classes")
-    if input_size is not None:
-        input_size = check_input_size(input_size, "--input-size")
-    if channels is not None:
-        channels = check_channels(channels, "--channels")
-    given = Hints(
-        arch=arch,
-        num_classes=num_classes,
-        input_size=input_size,
-        channels=channels,
-        mean=None if mean is None else _stat_tuple("mean", mean),
-        std=None if std is None else _stat_tuple("std", std),
-    )
-
-    kind = detect_format(path)
-    hints = given
-    module: nn.Module | None = None
-    state: dict[str, torch.Tensor] | None = None
-    if kind == SAFETENSORS:
-        state, raw_metadata = read_safetensors(path)
-        hints = given.or_else(_parse_metadata(raw_metadata, path, given))
-        fmt = SAFETENSORS
-    elif kind == ONNX:
-        module, declared = _read_onnx(path, given)
-        hints = given.or_else(declared)
-        fmt = ONNX
-    elif kind == TORCHSCRIPT:
-        module, fmt = read_torchscript(path, trust_code), TORCHSCRIPT
-    else:
-        obj = unwrap_containers(read_torch_save(path, kind, trust_code))
-        if isinstance(obj, nn.Module):
-            module, fmt = obj, PICKLE
-        else:
-            state, fmt = as_state_dict(obj, path), STATE_DICT
-
-    info = None
-    if hints.arch is not None:
-        if given.arch is None and hints.arch not in model_names():
-            raise SmoothInvError(
-                f"{path.name} names an unknown architecture {_short(hints.arch)} in its metadata; "
-                f"pass --arch NAME (known: {', '.join(model_names())})"
-            )
-        info = get_model_info(hints.arch)
-
-    num_classes = hints.num_classes
-    if state is not None:
-        if info is None:
-            raise SmoothInvError(
-                f"{path.name} holds a state_dict, which needs --arch NAME; known: "
-                f"{', '.join(model_names())}{arch_hint(state)}"
-            )
-        if num_classes is None:
-            num_classes = check_num_classes(
-                infer_num_classes(state, info.head, info.num_classes),
-                f"the number of classes in {path.name}",
-            )
-        module = info.builder(num_classes)
-        load_state(module, state, info.name, path)
+    given = _given_hints(arch, num_classes, input_size, channels, mean, std)
+    contents = _read_contents(path, given, trust_code)
+    hints = contents.hints
+    info = _arch_info(hints, given, path)
+    module, num_classes = contents.module, hints.num_classes
+    if contents.state is not None:
+        module, num_classes = _build_from_state(contents.state, info, num_classes, path)
     assert module is not None
-
     channels = hints.channels or (info.channels if info else None)
-    if (hints.mean is None) != (hints.std is None):
-        raise SmoothInvError("give both --mean and --std (one value per channel), or neither")
-    if hints.mean is not None and hints.std is not None:
-        if channels is not None and len(hints.mean) not in (1, channels):
-            raise SmoothInvError(
-                f"--mean/--std have {len(hints.mean)} values but the model takes {channels} "
-                "channels; give one value per channel"
-            )
-        module = Normalize(module, hints.mean, hints.std)
-
     return LoadedModel(
-        module=_finalize(module, torch_device),
-        format=fmt,
+        module=_finalize(_normalized(module, hints, channels), torch_device),
+        format=contents.format,
         arch=info.name if info else None,
         num_classes=num_classes,
         input_size=hints.input_size or (info.input_size if info else None),
@@ -267,6 +204,91 @@ def load_model(
         mean=hints.mean,
         std=hints.std,
     )
+
+
+@dataclass
+class _Contents:
+    """What a model file holds: a module (ONNX, TorchScript, pickle) or a state_dict to build one
+    from, its format name, and the settings the file declares merged under the arguments."""
+
+    format: str
+    hints: Hints
+    module: nn.Module | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+
+def _given_hints(arch: str | None, num_classes: int | None, input_size: tuple[int, int] | None,
+                 channels: int | None, mean: Sequence[float] | None, std: Sequence[float] | None) -> Hints:
+    """The caller's settings, each checked against its bounds."""
+    return Hints(
+        arch=arch,
+        num_classes=None if num_classes is None else check_num_classes(num_classes, "--num-classes"),
+        input_size=None if input_size is None else check_input_size(input_size, "--input-size"),
+        channels=None if channels is None else check_channels(channels, "--channels"),
+        mean=None if mean is None else _stat_tuple("mean", mean),
+        std=None if std is None else _stat_tuple("std", std),
+    )
+
+
+def _read_contents(path: Path, given: Hints, trust_code: bool) -> _Contents:
+    """Read `path` by the format its bytes show; code-carrying formats only with `trust_code`."""
+    kind = detect_format(path)
+    if kind == SAFETENSORS:
+        state, raw_metadata = read_safetensors(path)
+        return _Contents(SAFETENSORS, given.or_else(_parse_metadata(raw_metadata, path, given)), state=state)
+    if kind == ONNX:
+        module, declared = _read_onnx(path, given)
+        return _Contents(ONNX, given.or_else(declared), module=module)
+    if kind == TORCHSCRIPT:
+        return _Contents(TORCHSCRIPT, given, module=read_torchscript(path, trust_code))
+    obj = unwrap_containers(read_torch_save(path, kind, trust_code))
+    if isinstance(obj, nn.Module):
+        return _Contents(PICKLE, given, module=obj)
+    return _Contents(STATE_DICT, given, state=as_state_dict(obj, path))
+
+
+def _arch_info(hints: Hints, given: Hints, path: Path) -> ModelInfo | None:
+    """The registry entry of the architecture that the arguments or the file name, if any."""
+    if hints.arch is None:
+        return None
+    if given.arch is None and hints.arch not in model_names():
+        raise SmoothInvError(
+            f"{path.name} names an unknown architecture {_short(hints.arch)} in its metadata; "
+            f"pass --arch NAME (known: {', '.join(model_names())})"
+        )
+    return get_model_info(hints.arch)
+
+
+def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, num_classes: int | None,
+                      path: Path) -> tuple[nn.Module, int]:
+    """(the architecture built and loaded with `state`, its number of classes)."""
+    if info is None:
+        raise SmoothInvError(
+            f"{path.name} holds a state_dict, which needs --arch NAME; known: "
+            f"{', '.join(model_names())}{arch_hint(state)}"
+        )
+    if num_classes is None:
+        num_classes = check_num_classes(
+            infer_num_classes(state, info.head, info.num_classes),
+            f"the number of classes in {path.name}",
+        )
+    module = info.builder(num_classes)
+    load_state(module, state, info.name, path)
+    return module, num_classes
+
+
+def _normalized(module: nn.Module, hints: Hints, channels: int | None) -> nn.Module:
+    """`module` wrapped in Normalize when mean/std are known (both or neither)."""
+    if (hints.mean is None) != (hints.std is None):
+        raise SmoothInvError("give both --mean and --std (one value per channel), or neither")
+    if hints.mean is None or hints.std is None:
+        return module
+    if channels is not None and len(hints.mean) not in (1, channels):
+        raise SmoothInvError(
+            f"--mean/--std have {len(hints.mean)} values but the model takes {channels} "
+            "channels; give one value per channel"
+        )
+    return Normalize(module, hints.mean, hints.std)
 
 
 def save_model(
