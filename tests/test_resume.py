@@ -312,3 +312,23 @@ def test_a_second_scan_of_the_same_output_is_refused_while_the_first_runs(tmp_pa
     with second.held():  # free again once the first is done
         pass
     assert not list(tmp_path.glob(".out.checkpoint.lock"))
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_scan(subject, tmp_path, monkeypatch):
+    """A full disk while saving: one note, and the scan finishes with the same result."""
+    import smoothinv.detection.checkpoint as checkpoint_module
+
+    model, images, x, y = subject
+    reference = scan(model, images, x, y, 10, FAST, [1, 2])
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full_disk)
+    notes = []
+    result = scan(model, images, x, y, 10, FAST, [1, 2],
+                  checkpoint=ScanCheckpoint(tmp_path / "checkpoint", every_s=0, log=notes.append))
+    assert comparable(result) == comparable(reference)
+    assert len([n for n in notes if "cannot save the checkpoint" in n]) == 1, notes
+    assert "No space left on device" in notes[0]
+    assert not list((tmp_path / "checkpoint").glob(".tmp-*"))

@@ -379,3 +379,16 @@ def test_truncated_onnx_is_named_as_such(tmp_path) -> None:
     noise.write_bytes(b"\x08" + bytes(range(256)) * 4)
     with pytest.raises(SmoothInvError, match="noise.dat is not a recognised model file: it is an unrecognised binary"):
         load_model(noise)
+
+
+def test_a_pipe_or_device_as_model_is_refused_at_once(monkeypatch, capsys, tmp_path, inputs):
+    """A FIFO would block the reader forever, /dev/zero would never end."""
+    import os
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    for model in (fifo, Path("/dev/zero")):
+        out = tmp_path / "out"
+        run = run_cli(monkeypatch, capsys, "invert", "--model", model, "--image", inputs["image"], "--target", "3",
+                      "--clean", inputs["clean_npz"], "--out", out, "--steps", "2")
+        assert_refused(run, "not a regular file", out=out)

@@ -83,6 +83,7 @@ class ScanCheckpoint:
         self.model_id = model_id
         self.every_s = float(every_s)
         self.log: Log = log or (lambda message: None)
+        self.unwritable = False
 
     @classmethod
     def beside(cls, out: str | Path, **options: Any) -> ScanCheckpoint:
@@ -99,11 +100,14 @@ class ScanCheckpoint:
         if why is not None:
             self.log(f"{why}; starting over")
             self.discard()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.glob(TEMP_PREFIX + "*"):  # a write cut short by a kill
-            leftover.unlink(missing_ok=True)
-        if not (self.directory / KEY_FILE).is_file():
-            self._write_text(self.directory / KEY_FILE, json.dumps({"format": FORMAT, "key": key}))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for leftover in self.directory.glob(TEMP_PREFIX + "*"):  # a write cut short by a kill
+                leftover.unlink(missing_ok=True)
+            if not (self.directory / KEY_FILE).is_file():
+                self._write_text(self.directory / KEY_FILE, json.dumps({"format": FORMAT, "key": key}))
+        except OSError as e:
+            self._give_up_writing(None, e)
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -167,16 +171,32 @@ class ScanCheckpoint:
             return None
 
     def write(self, path: Path, tensors: dict[str, Tensor], body: Any) -> None:
-        """Write a part file atomically: tensors (moved to the CPU) and a JSON body, with a checksum."""
+        """Write a part file atomically: tensors (moved to the CPU) and a JSON body, with a checksum.
+
+        A checkpoint is a convenience: when it cannot be written (a full disk, a vanished folder)
+        the scan goes on without it, after one note."""
+        if self.unwritable:
+            return
         cpu = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
         text = json.dumps(body)
-        tmp = self._temp()
+        tmp = None
         try:
+            tmp = self._temp()
             save_file(cpu, str(tmp), metadata={"body": text, "sha256": _digest(cpu, text)})
             os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - OSError, or safetensors' own error on a short write
+            self._give_up_writing(tmp, e)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise
+
+    def _give_up_writing(self, tmp: Path | None, error: BaseException) -> None:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        self.unwritable = True
+        self.log(f"cannot save the checkpoint in {self.directory} ({_reason(error)}); the scan goes on, "
+                 "but an interruption from now on loses its work")
 
     def forget(self, path: Path, error: BaseException | str) -> None:
         """Delete a damaged or unfitting part file, saying so; its part is recomputed."""

@@ -53,6 +53,8 @@ def detect_format(path: Path) -> str:
         raise SmoothInvError(f"model file not found: {path}")
     if path.is_dir():
         raise SmoothInvError(f"{path} is a directory; pass the model file itself")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise SmoothInvError(f"{path} is not a regular file (a pipe or device?); pass the model file itself")
     size = path.stat().st_size
     if size == 0:
         raise SmoothInvError(f"{path} is empty; re-download or re-save the model")
