@@ -144,3 +144,18 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 FAST_INVERT = ["--steps", "2", "--noise-samples", "2", "--eps", "1", "--sigma", "0.25", "--no-baseline"]
 FAST_SCAN = ["--steps", "2", "--noise-samples", "2", "--eps", "1", "--sigma", "0.25", "--fallback-sigma", "none"]
 
+
+@pytest.fixture(autouse=True)
+def untouched_inputs_and_cwd(request, tmp_path_factory, monkeypatch):
+    """Around every hostile case: the shared inputs stay byte for byte the same, and nothing
+    appears in the working directory (each case runs in a fresh, empty one)."""
+    inputs_root = request.getfixturevalue("inputs")["model"].parent if "inputs" in request.fixturenames else None
+    sandbox = Sandbox(inputs_root) if inputs_root is not None else None
+    before = sandbox.snapshot() if sandbox is not None else None
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)  # a case may chdir elsewhere itself; this one must then stay empty too
+    yield
+    if sandbox is not None and before is not None:
+        sandbox.assert_unchanged(before)
+    assert sorted(p.name for p in cwd.iterdir()) == [], "files appeared in the working directory"
+
