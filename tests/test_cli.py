@@ -539,3 +539,9 @@ def test_step_bar_restarts_for_a_further_pass():
         bar("second pass", 4)
     text = out.getvalue()
     assert "6/6" in text and "4/4" in text and "second pass" in text
+
+
+def test_no_arguments_prints_the_help_as_written(monkeypatch, capsys):
+    code, _, stderr = run_cli(monkeypatch, capsys)
+    assert code == 2
+    assert stderr.startswith("Usage: smoothinv") and "Commands:" in stderr and "error:" not in stderr

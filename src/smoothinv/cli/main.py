@@ -36,6 +36,7 @@ from .scan import scan_command
 from .zoo import zoo_group
 
 err = Console(stderr=True)
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 stdout = Console()
 
 
@@ -212,6 +213,9 @@ def main() -> None:
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)
+    except NO_ARGS_IS_HELP as e:  # `smoothinv` alone: the help, as written
+        err.print(escape(e.format_message()), highlight=False)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         fail(e.format_message() + ("; see --help" if isinstance(e, click.UsageError) else ""), e.exit_code)
     except torch.cuda.OutOfMemoryError:
