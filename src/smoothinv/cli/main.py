@@ -207,7 +207,7 @@ def parse_target(text: str, class_names: list[str] | None) -> int:
 def main() -> None:
     """Entry point: one-line errors and exit status 2 for anything the user can fix."""
     try:
-        run_interruptibly(lambda: cli.main(standalone_mode=False))
+        run_interruptibly(lambda: cli.main(prog_name="smoothinv", standalone_mode=False))
     except SmoothInvError as e:
         fail(str(e), e.exit_code)
     except click.exceptions.Abort:
