@@ -332,3 +332,60 @@ def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_scan(subject, tmp
     assert len([n for n in notes if "cannot save the checkpoint" in n]) == 1, notes
     assert "No space left on device" in notes[0]
     assert not list((tmp_path / "checkpoint").glob(".tmp-*"))
+
+
+def _interrupt_at_line(n: int, where: str = "smoothinv"):
+    """A trace function that raises KeyboardInterrupt at the n-th line run in files whose path
+    contains `where`, as a real Ctrl-C (raised into the worker thread at an arbitrary bytecode)
+    would."""
+    seen = [0]
+
+    def trace(frame, event, arg):
+        if "smoothinv" not in frame.f_code.co_filename:
+            return None
+        if event == "line" and where in frame.f_code.co_filename:
+            seen[0] += 1
+            if seen[0] == n:
+                raise KeyboardInterrupt
+        return trace
+
+    return trace, seen
+
+
+def _traced(trace, call):
+    sys.settrace(trace)
+    try:
+        return call()
+    finally:
+        sys.settrace(None)
+
+
+@pytest.mark.parametrize("where, cuts", [("smoothinv", "spread"), ("engine/pgd.py", "two whole steps")])
+def test_ctrl_c_at_any_line_resumes_to_the_same_result(subject, tmp_path, where, cuts):
+    """Interrupt the scan at many lines: spread over the whole scan (descent, stopper, evaluation,
+    saving...) and at every line of the descent loop over two steps (where a step's state is
+    handed on). Each resumed run equals the uninterrupted one."""
+    model, images, x, y = subject
+    settings = replace(FAST, steps=6, eps=(1.0,), sigmas=(0.5,), fallback_sigmas=())
+    classes = [1, PLANTED_TARGET]
+
+    def run(folder, trace=None):
+        call = lambda: scan(model, images, x[:40], y[:40], 10, settings, classes,  # noqa: E731
+                            checkpoint=None if folder is None else ScanCheckpoint(folder, every_s=3600))
+        return call() if trace is None else _traced(trace, call)
+
+    reference = comparable(run(None))
+    trace, seen = _interrupt_at_line(-1, where)
+    run(tmp_path / "count", trace)
+    total = seen[0]
+    if cuts == "spread":
+        points = sorted(int(n) for n in np.random.default_rng(0).integers(1, total, size=10))
+    else:
+        per_step = total // (settings.steps + 1)
+        points = list(range(2 * per_step, 4 * per_step))
+    for n in points:
+        folder = tmp_path / f"cut{n}"
+        trace, _ = _interrupt_at_line(n, where)
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, trace)
+        assert comparable(run(folder)) == reference, f"interrupted at line {n} of {total} in {where}"

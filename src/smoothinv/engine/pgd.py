@@ -204,28 +204,35 @@ def descend(
                                    settings.steps)
         if saved is not None:
             first, p, velocity, losses, probs = _resume(saved, x, parts)
-    boundary = _Boundary(first, p, velocity, parts, len(losses)) if checkpoint is not None else None
+    boundary = [_Boundary.at(first, p, velocity, parts, len(losses))] if checkpoint is not None else None
     try:
         p = _descend_from(first, loss_and_grad, x, p, velocity, eps, settings, callback, checkpoint, parts,
                           losses, probs, boundary)
     except KeyboardInterrupt:
-        if checkpoint is not None and boundary is not None and boundary.step > first:
-            checkpoint.save(boundary.state(losses, probs, settings, x))  # Ctrl-C keeps the steps done
+        if checkpoint is not None and boundary is not None and boundary[0].step > first:
+            checkpoint.save(boundary[0].state(losses, probs, settings, x))  # Ctrl-C keeps the steps done
         raise
     return PGDTrace(p.detach(), torch.stack(losses), torch.stack(probs))
 
 
+@dataclass(frozen=True)
 class _Boundary:
     """The descent's state at the start of its current step, kept cheaply (references, plus a copy
-    of each part's small state) so that an interrupted descent can still save the steps it finished."""
+    of each part's small state) so that an interrupted descent can still save the steps it finished.
 
-    def __init__(self, step: int, p: Tensor, velocity: Tensor, parts: Mapping[str, Stateful], recorded: int) -> None:
-        self.update(step, p, velocity, parts, recorded)
+    Immutable, and replaced by one assignment once the next one is complete: a Ctrl-C (raised at
+    any bytecode) never sees half of one step's state and half of the next's."""
 
-    def update(self, step: int, p: Tensor, velocity: Tensor, parts: Mapping[str, Stateful], recorded: int) -> None:
+    step: int
+    p: Tensor
+    velocity: Tensor
+    parts: dict[str, dict[str, Tensor]]
+    recorded: int
+
+    @classmethod
+    def at(cls, step: int, p: Tensor, velocity: Tensor, parts: Mapping[str, Stateful], recorded: int) -> _Boundary:
         """Now at the start of `step`, with `recorded` loss/probability entries so far."""
-        self.step, self.p, self.velocity, self.recorded = step, p, velocity, recorded
-        self.parts = _part_states(parts)
+        return cls(step, p, velocity, _part_states(parts), recorded)
 
     def state(self, losses: list[Tensor], probs: list[Tensor], settings: PGDSettings, x: Tensor) -> DescentState:
         return _state(self.step, self.p, self.velocity, losses[: self.recorded], probs[: self.recorded], self.parts,
@@ -235,9 +242,9 @@ class _Boundary:
 def _descend_from(first: int, loss_and_grad: LossAndGrad, x: Tensor, p: Tensor, velocity: Tensor, eps: Tensor,
                   settings: PGDSettings, callback: StepCallback | None, checkpoint: DescentCheckpoint | None,
                   parts: Mapping[str, Stateful], losses: list[Tensor], probs: list[Tensor],
-                  boundary: _Boundary | None) -> Tensor:
+                  boundary: list[_Boundary] | None) -> Tensor:
     """`descend`'s loop from step `first`: appends to losses/probs, returns the final p, and keeps
-    `boundary` at the start of the step in progress."""
+    `boundary[0]` at the start of the step in progress."""
     for step in range(first, settings.steps + 1):
         try:
             loss, prob, grad = loss_and_grad(x + p)
@@ -267,7 +274,7 @@ def _descend_from(first: int, loss_and_grad: LossAndGrad, x: Tensor, p: Tensor, 
         if checkpoint is not None and checkpoint.due(step + 1, settings.steps):
             checkpoint.save(_state(step + 1, p, velocity, losses, probs, _part_states(parts), settings, x))
         if boundary is not None:
-            boundary.update(step + 1, p, velocity, parts, len(losses))
+            boundary[0] = _Boundary.at(step + 1, p, velocity, parts, len(losses))
     return p
 
 
