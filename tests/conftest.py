@@ -127,3 +127,21 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         code = 0 if e.code is None else int(e.code)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def error_line(stderr: str, *, alone: bool = True) -> str:
+    """The `error: …` line, checking it is a single line and that there is no traceback.
+
+    alone: stderr holds nothing but that line; otherwise earlier progress output is
+    allowed but the error must be the last line.
+    """
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    if alone:
+        assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    assert lines[-1].startswith("error: "), stderr
+    assert sum("error:" in line for line in lines) == 1, stderr
+    message = lines[-1][len("error: "):].strip()
+    assert message, "empty error message"
+    return message

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import run_cli
+from conftest import error_line, run_cli
 from smoothinv.models import create_model, save_model
 
 FAST = ["--steps", "3", "--noise-samples", "2", "--eps", "1", "--sigma", "0.25"]
@@ -156,22 +156,6 @@ def invert_args(files: dict[str, Path], out: Path, **overrides: object) -> list[
     return args
 
 
-def error_line(stderr: str, *, alone: bool = True) -> str:
-    """The `error: …` line, checking it is a single line and that there is no traceback.
-
-    alone: stderr holds nothing but that line; otherwise earlier progress output is
-    allowed but the error must be the last line.
-    """
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    if alone:
-        assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
-    assert lines[-1].startswith("error: "), stderr
-    assert sum("error:" in line for line in lines) == 1, stderr
-    message = lines[-1][len("error: "):].strip()
-    assert message, "empty error message"
-    return message
 
 
 def assert_nothing_written(out: Path) -> None:

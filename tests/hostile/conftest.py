@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import error_line
 from conftest import run_cli as shared_run_cli
 from smoothinv.models import create_model, save_model
 
@@ -49,16 +50,7 @@ def run_subprocess(*args: object, cwd: Path | None = None, timeout: float = 120,
 
 def error_message(stderr: str, *, alone: bool = False) -> str:
     """The one `error: …` line (the last line on stderr); no traceback anywhere."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    if alone:
-        assert len(lines) == 1, f"expected one line on stderr:\n{stderr}"
-    assert lines[-1].startswith("error: "), stderr
-    assert sum(line.startswith("error:") for line in lines) == 1, stderr
-    message = lines[-1][len("error: "):].strip()
-    assert message
-    return message
+    return error_line(stderr, alone=alone)
 
 
 class Sandbox:

@@ -55,12 +55,17 @@ _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def _conv(op: Op, ctx: RunContext, args: list) -> torch.Tensor:
+def _conv_inputs(args: list, table: dict, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """(x, weight, bias or None, spatial dims n) of a Conv/ConvTranspose node."""
     x, w = args[0], args[1]
-    b = args[2] if len(args) > 2 else None
     n = w.dim() - 2
-    if n not in _CONV:
-        raise ValueError(f"{n}-d convolution is not supported")
+    if n not in table:
+        raise ValueError(f"{n}-d {what} is not supported")
+    return x, w, (args[2] if len(args) > 2 else None), n
+
+
+def _conv(op: Op, ctx: RunContext, args: list) -> torch.Tensor:
+    x, w, b, n = _conv_inputs(args, _CONV, "convolution")
     kernel = list(w.shape[2:])
     strides = op.ints("strides", [1] * n)
     dilations = op.ints("dilations", [1] * n)
@@ -73,11 +78,7 @@ def _conv(op: Op, ctx: RunContext, args: list) -> torch.Tensor:
 
 
 def _conv_transpose(op: Op, ctx: RunContext, args: list) -> torch.Tensor:
-    x, w = args[0], args[1]
-    b = args[2] if len(args) > 2 else None
-    n = w.dim() - 2
-    if n not in _CONV_T:
-        raise ValueError(f"{n}-d transposed convolution is not supported")
+    x, w, b, n = _conv_inputs(args, _CONV_T, "transposed convolution")
     if op.attr("output_shape") is not None or str(op.attr("auto_pad", "NOTSET")) not in ("NOTSET", "", "VALID"):
         raise ValueError("output_shape and SAME auto_pad are not supported; export with explicit pads")
     strides = op.ints("strides", [1] * n)
