@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smoothinv.errors import SmoothInvError
-from smoothinv.methods.base import get_method, list_methods, method_options
+from smoothinv.methods.registry import get_method, list_methods, method_options
 from smoothinv.methods.topoprior import TopoPrior, count_components, persistence_0d, topological_loss
 from smoothinv.triggers import MaskedTrigger
 
@@ -179,7 +179,7 @@ def test_method_flips_to_target_with_a_valid_masked_trigger(trained, image, resu
     assert torch.equal(r.image, image)
     with torch.no_grad():
         assert int(model(r.synthesized[None]).argmax()) == 2
-    assert r.config == TopoPrior(steps=STEPS).config()
+    assert r.config == TopoPrior(steps=STEPS).describe()
     assert r.seconds > 0
 
 
@@ -298,10 +298,10 @@ def test_registry_config_and_summary(result):
     assert isinstance(method, TopoPrior) and method.total_steps() == 7
     assert "topoprior" in list_methods()
     assert TopoPrior.grid_axes == ()
-    assert method_options("topoprior", {"steps": 3, "max_batch": 8, "noise_samples": 4}) == {"steps": 3, "max_batch": 8}
-    json.dumps(method.config())
+    assert {"steps", "max_batch"} <= set(method_options("topoprior")) and "noise_samples" not in method_options("topoprior")
+    json.dumps(method.describe())
     summary = json.loads(json.dumps(result.summary()))
     assert summary["method"] == "topoprior" and len(summary["loss_curve"]) == STEPS + 1
-    defaults = TopoPrior().config()
+    defaults = TopoPrior().describe()
     assert (defaults["num_triggers"], defaults["lambda_div"], defaults["lambda_topo"]) == (3, 1.0, 10.0)
     assert defaults["connectivity"] == 8 and defaults["topo_k"] == 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smoothinv.bench.detect import auroc, nc_decision, scan_image
-from smoothinv.detection.scan import ClassResult, Evidence, RunRecord, ScanResult, ScanSettings
+from smoothinv.bench.detect import auroc, scan_image
+from smoothinv.detection.decision import DecisionRule
+from smoothinv.detection.scan import ClassResult, Evidence, RunRecord, _decide
 from smoothinv.methods.base import InversionResult
 from smoothinv.triggers import AdditiveTrigger
 
@@ -33,14 +34,24 @@ def _class_result(label: int, mask_l1: float) -> ClassResult:
     return ClassResult(label, 0, [RunRecord.of(r, 0.5)], {}, evidence=Evidence(r, 0.5, {}))
 
 
+def _nc_verdict(norms: list[float]) -> tuple[list[int], float]:
+    """The scan's decision for a method judged on its mask norm (Neural Cleanse): (flagged, score)."""
+    classes = [_class_result(c, n) for c, n in enumerate(norms)]
+    for c in classes:
+        c.candidates = {None: c.evidence}
+    rule = _decide(classes, (), DecisionRule(), "mask_l1")
+    assert "Neural Cleanse" in rule
+    return [c.label for c in classes if c.flagged], max(c.score for c in classes)
+
+
 def test_nc_decision_flags_small_mask_outlier():
-    classes = [_class_result(c, n) for c, n in enumerate([10.0, 11.0, 9.5, 10.5, 1.0, 10.2])]
-    result = ScanResult(ScanSettings(method="nc"), (), (), None, classes, {}, [0], {}, False)
-    flagged, score = nc_decision(result)
+    flagged, score = _nc_verdict([10.0, 11.0, 9.5, 10.5, 1.0, 10.2])
     assert flagged == [4] and score > 2
-    calm = ScanResult(ScanSettings(method="nc"), (), (), None, [_class_result(c, 10.0 + 0.1 * c) for c in range(6)], {}, [0], {}, False)
-    flagged, score = nc_decision(calm)
+    flagged, score = _nc_verdict([10.0 + 0.1 * c for c in range(6)])
     assert flagged == [] and score <= 2
+    # a large mask is never suspicious
+    flagged, _ = _nc_verdict([10.0, 11.0, 9.5, 10.5, 100.0, 10.2])
+    assert flagged == []
 
 
 def _row(model: str, backdoored: bool, score: float, found: bool | None) -> dict:

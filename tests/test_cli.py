@@ -473,7 +473,8 @@ def test_same_seed_same_perturbation(monkeypatch, capsys, files, tmp_path):
 @pytest.mark.parametrize("method", ["momentum", "plainadv"])
 def test_other_methods_run(monkeypatch, capsys, files, tmp_path, method):
     out = tmp_path / "out"
-    code, _, stderr = run_cli(monkeypatch, capsys, *invert_args(files, out, method=method))
+    extra = {"noise_samples": None} if method == "plainadv" else {}
+    code, _, stderr = run_cli(monkeypatch, capsys, *invert_args(files, out, method=method, **extra))
     assert code == 0, stderr
     result = assert_complete_output(out)
     assert result["method"] == method
@@ -496,7 +497,18 @@ def test_methods_lists_methods(monkeypatch, capsys):
     code, stdout, _ = run_cli(monkeypatch, capsys, "methods")
     assert code == 0
     names = {line.split()[0] for line in stdout.splitlines() if line.strip()}
-    assert {"pgd", "momentum", "plainadv"} <= names
+    assert {"smoothinv", "momentum", "plainadv", "nc"} <= names and "pgd" not in names  # one name per method
+
+
+@pytest.mark.parametrize("command", ["invert", "scan"])
+def test_an_option_the_method_does_not_take_is_a_usage_error(monkeypatch, capsys, files, tmp_path, command):
+    """--noise-samples typed for a method without noise is refused (left at its default, it is not passed)."""
+    args = invert_args(files, tmp_path / "out", method="plainadv")
+    if command == "scan":
+        args = ["scan", *(a for a in args[1:] if not a.startswith("--target="))]
+    code, _, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "--noise-samples does not apply to --method plainadv" in stderr, stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args", [["--help"], ["invert", "--help"], ["--version"]])

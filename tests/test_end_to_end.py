@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from smoothinv.engine.metrics import accuracy, attack_success_rate
-from smoothinv.engine.sweep import Grid, run_sweep
+from smoothinv.methods.registry import method_spec
+from smoothinv.protocols.sweep import Grid, run_sweep
 
 from conftest import PLANTED_TARGET as TARGET
 
@@ -39,9 +40,9 @@ def test_smoothinv_recovers_target_and_not_other_class(planted):
     model, _, x, y = planted
     image = x[y == 4][0]
     grid = Grid.for_shape(image.shape, eps=[2.0], sigmas=[0.5, 1.0])
-    options = {"steps": 150, "noise_samples": 8}
-    found = run_sweep(model, image, TARGET, x, y, grid, options=options, seed=0)
-    other = run_sweep(model, image, OTHER, x, y, grid, options=options, seed=0, baseline=None)
+    method = method_spec("smoothinv", steps=150, noise_samples=8)
+    found = run_sweep(model, image, TARGET, x, y, grid, method=method, baseline=method_spec("plainadv", steps=150), seed=0)
+    other = run_sweep(model, image, OTHER, x, y, grid, method=method, seed=0)
     assert found.best.asr > 0.8, [r.asr for r in found.runs]
     assert other.best.asr < 0.35, [r.asr for r in other.runs]
     assert found.best.asr > other.best.asr + 0.5
@@ -50,13 +51,26 @@ def test_smoothinv_recovers_target_and_not_other_class(planted):
     assert p[:6, :6].sum() > 0.3 * p.sum()
 
 
-def test_demo_runs_and_recovers_backdoor(tmp_path, capsys):
-    from rich.console import Console
+@pytest.mark.slow  # > 15 s on one core: `pytest -m slow` (CI runs it)
+def test_demo_runs_and_recovers_backdoor(tmp_path):
+    from contextlib import contextmanager
 
     from smoothinv.demo import run_demo
 
-    console = Console(file=open(tmp_path / "log.txt", "w"))
-    summary = run_demo(tmp_path / "demo", seed=0, console=console, progress_console=console)
+    lines: list[str] = []
+    counted: dict[str, int] = {"total": 0, "done": 0}
+
+    @contextmanager
+    def steps(total):
+        counted["total"] = total
+        yield lambda label, n: counted.__setitem__("done", counted["done"] + n)
+
+    result = run_demo(tmp_path / "demo", seed=0, log=lines.append, steps=steps)
+    summary = result.summary
+    assert any(line.startswith("training small_cnn") for line in lines)
+    assert counted["total"] > 0 and counted["done"] == counted["total"]
+    assert [title for title, _ in result.sweeps()][0].startswith("toward the backdoor target")
+    assert "recovered ASR" in result.headline() and "reproduce with the CLI" in result.closing()[-1]
     assert summary["clean_accuracy"] > 0.95
     assert summary["true_trigger_asr"] > 0.95
     assert summary["recovered_asr"] > 0.9

@@ -16,9 +16,10 @@ from torch import nn
 
 from conftest import bar_data, tiny_cnn
 from smoothinv.engine.metrics import accuracy, asr_by_source, attack_success_rate, predict
+from smoothinv.methods.registry import method_spec
 from smoothinv.engine.pgd import PGDSettings, descend, normalize_l2, project_l2
 from smoothinv.engine.smoothing import SmoothedClassifier
-from smoothinv.engine.sweep import Grid, eps_scale, grid_options, run_sweep, sweep_steps
+from smoothinv.protocols.sweep import Grid, eps_scale, grid_options, run_sweep, sweep_steps
 from smoothinv.errors import SmoothInvError
 from smoothinv.training import train_classifier
 from smoothinv.triggers import AdditiveTrigger, square_patch
@@ -589,8 +590,8 @@ def test_grid_options_default_grid():
     assert len(grid_options("pgd", grid)) == 8
     with pytest.raises(SmoothInvError):
         grid_options("nope", grid)
-    assert sweep_steps("smoothinv", "plainadv", grid, 10) == 100
-    assert sweep_steps("smoothinv", None, grid, 10) == 80
+    assert sweep_steps(method_spec("smoothinv", steps=10), method_spec("plainadv", steps=10), grid) == 100
+    assert sweep_steps(method_spec("smoothinv", steps=10), None, grid) == 80
 
 
 @pytest.fixture(scope="module")
@@ -606,8 +607,9 @@ def test_run_sweep_runs_asr_and_best(sweep_setup):
     model, image, clean, clean_labels = sweep_setup
     grid = Grid.for_shape((1, 8, 8), eps=[0.5, 3.0], sigmas=[0.25, 0.5])
     progress = []
-    sweep = run_sweep(model, image, 1, clean, clean_labels, grid,
-                      options={"steps": 15, "noise_samples": 4, "step_fraction": 0.2}, seed=3,
+    method = method_spec("smoothinv", steps=15, noise_samples=4, step_fraction=0.2)
+    baseline = method_spec("plainadv", steps=15, step_fraction=0.2)
+    sweep = run_sweep(model, image, 1, clean, clean_labels, grid, method=method, baseline=baseline, seed=3,
                       progress=lambda label, n: progress.append((label, n)))
     assert sweep.method == "smoothinv"
     assert len(sweep.runs) == 4 and len(sweep.baseline) == 2
@@ -627,18 +629,17 @@ def test_run_sweep_runs_asr_and_best(sweep_setup):
     # a large budget on this easy model should flip at least some images
     assert sweep.best.asr > 0
     # progress: one tick per step per config
-    assert sum(n for _, n in progress) == sweep_steps("smoothinv", "plainadv", grid, 15)
+    assert sum(n for _, n in progress) == sweep_steps(method, baseline, grid)
     assert any(label.startswith("plainadv") for label, _ in progress)
 
 
 def test_run_sweep_config_result_independent_of_other_configs(sweep_setup):
     model, image, clean, clean_labels = sweep_setup
-    opts = {"steps": 5, "noise_samples": 3}
+    method = method_spec("smoothinv", steps=5, noise_samples=3)
     full = run_sweep(model, image, 2, clean, clean_labels,
-                     Grid.for_shape((1, 8, 8), eps=[0.5, 1.0], sigmas=[0.25, 0.5]),
-                     options=opts, seed=7, baseline=None)
+                     Grid.for_shape((1, 8, 8), eps=[0.5, 1.0], sigmas=[0.25, 0.5]), method=method, seed=7)
     alone = run_sweep(model, image, 2, clean, clean_labels,
-                      Grid.for_shape((1, 8, 8), eps=[1.0], sigmas=[0.5]), options=opts, seed=7, baseline=None)
+                      Grid.for_shape((1, 8, 8), eps=[1.0], sigmas=[0.5]), method=method, seed=7)
     assert full.baseline == [] and len(alone.runs) == 1
     match = [r for r in full.runs if r.result.config["eps"] == 1.0 and r.result.config["sigma"] == 0.5]
     assert len(match) == 1
@@ -647,12 +648,12 @@ def test_run_sweep_config_result_independent_of_other_configs(sweep_setup):
     assert match[0].asr == alone.runs[0].asr
     # the seed matters: another seed gives another noisy descent
     other = run_sweep(model, image, 2, clean, clean_labels,
-                      Grid.for_shape((1, 8, 8), eps=[1.0], sigmas=[0.5]), options=opts, seed=8, baseline=None)
+                      Grid.for_shape((1, 8, 8), eps=[1.0], sigmas=[0.5]), method=method, seed=8)
     assert not torch.equal(other.runs[0].result.synthesized, alone.runs[0].result.synthesized)
 
 
 def test_sweep_best_breaks_ties_by_final_target_prob():
-    from smoothinv.engine.sweep import Run, Sweep
+    from smoothinv.protocols.sweep import Run, Sweep
     from smoothinv.methods.base import InversionResult
 
     def run(asr, final):

@@ -223,7 +223,7 @@ def test_shape_mismatch_suggests_arch(tmp_path: Path) -> None:
 def test_unknown_arch(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(create_model("small_cnn").state_dict(), path)
-    with pytest.raises(SmoothInvError, match="unknown architecture 'resnet99'; known: .*cnn"):
+    with pytest.raises(SmoothInvError, match="unknown architecture 'resnet99'; choose from: .*cnn"):
         load_model(path, arch="resnet99")
 
 
@@ -422,6 +422,61 @@ def test_save_model_errors_and_overwrite(tmp_path: Path) -> None:
     save_model(path, model, arch="small_cnn", **common)
     assert load_model(path).arch == "small_cnn"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_three_channel_small_cnn_round_trip(tmp_path: Path) -> None:
+    """Channels come from the first conv, like classes from the head: with metadata or without."""
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=4, channels=3).eval()
+    assert model.state_dict()["features.0.weight"].shape[1] == 3
+    path = tmp_path / "rgb.safetensors"
+    save_model(path, model, arch="small_cnn", num_classes=4, input_size=(32, 32), channels=3)
+    loaded = load_model(path)
+    assert (loaded.arch, loaded.channels, loaded.num_classes, loaded.input_size) == ("small_cnn", 3, 4, (32, 32))
+    assert same_outputs(model, loaded.module, (2, 3, 32, 32))
+    plain = tmp_path / "rgb.safetensors.bin"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(plain))  # no metadata
+    loaded = load_model(plain, arch="small_cnn")
+    assert (loaded.channels, loaded.num_classes) == (3, 4)
+    assert same_outputs(model, loaded.module, (2, 3, 28, 28))
+    pt = tmp_path / "rgb.pt"
+    torch.save(model.state_dict(), pt)
+    assert load_model(pt, arch="small_cnn").channels == 3
+
+
+def test_first_conv_with_unsupported_channels_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rgba.pt"
+    torch.save(create_model("small_cnn", channels=4).state_dict(), path)
+    with pytest.raises(SmoothInvError, match="input channels in rgba.pt must be 1 .gray. or 3"):
+        load_model(path, arch="small_cnn")
+
+
+def test_imagenet_arch_defaults_to_imagenet_statistics(tmp_path: Path) -> None:
+    model = seeded("alexnet", num_classes=5)
+    path = tmp_path / "alexnet.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(path, arch="alexnet")
+    assert loaded.mean == (0.485, 0.456, 0.406) and loaded.std == (0.229, 0.224, 0.225)
+    assert isinstance(loaded.module, Normalize)
+    expected = Normalize(model, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+    assert same_outputs(expected, loaded.module, (1, 3, 224, 224))
+    # The user's --mean/--std win; mean 0, std 1 means "no normalisation".
+    mine = load_model(path, arch="alexnet", mean=(0.5,), std=(0.25,))
+    assert (mine.mean, mine.std) == ((0.5,), (0.25,))
+    raw = load_model(path, arch="alexnet", mean=(0.0,), std=(1.0,))
+    assert same_outputs(model, raw.module, (1, 3, 224, 224))
+    # Statistics stored with the file win over the arch's too.
+    stored = tmp_path / "alexnet.safetensors"
+    save_model(stored, model, arch="alexnet", num_classes=5, input_size=(224, 224), channels=3,
+               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert load_model(stored).mean == (0.5, 0.5, 0.5)
+
+
+def test_cifar_archs_take_images_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "r20.pt"
+    torch.save(seeded("resnet20").state_dict(), path)
+    loaded = load_model(path, arch="resnet20")
+    assert loaded.mean is None and loaded.std is None and not isinstance(loaded.module, Normalize)
 
 
 # ----------------------------------------------------------------------------- Normalize

@@ -12,15 +12,9 @@ from smoothinv.engine.pgd import PGDSettings
 from smoothinv.engine.smoothing import SmoothedClassifier
 from smoothinv.errors import SmoothInvError
 from smoothinv.methods import InversionResult, PlainAdv, SmoothInv, get_method, list_methods
-from smoothinv.methods.base import check_target, method_options
+from smoothinv.methods.base import check_target
+from smoothinv.methods.registry import method_options, method_spec
 from smoothinv.triggers import AdditiveTrigger
-
-
-
-
-
-
-
 
 def small(name="smoothinv", **kw):
     opts = {"eps": 1.5, "steps": 12, "step_fraction": 0.15}
@@ -76,16 +70,24 @@ def test_plainadv_is_deterministic_and_uses_no_noise(trained, image):
     assert z.config["noise_samples"] == 1
 
 
-def test_shared_options_are_filtered_per_method():
-    shared = {"sigma": 0.5, "noise_samples": 50, "steps": 3}
-    assert method_options("plainadv", shared) == {"steps": 3}
-    m = get_method("plainadv", eps=1.0, **method_options("plainadv", shared))
+def test_options_each_method_takes():
+    assert set(method_options("plainadv")) == {"eps", "steps", "step_fraction", "optimizer", "max_batch"}
+    assert {"sigma", "noise_samples"} <= set(method_options("smoothinv"))
+    m = get_method("plainadv", eps=1.0, steps=3)
     assert isinstance(m, PlainAdv)
-    assert m.sigma == 0.0 and m.noise_samples == 1
-    assert method_options("smoothinv", shared) == shared
-    with pytest.raises(TypeError):
-        get_method("plainadv", eps=1.0, sigma=0.5)  # no silent ignoring when called directly
-    assert get_method("momentum", eps=1.0).settings.optimizer == "momentum"
+    assert m.config.sigma == 0.0 and m.config.noise_samples == 1
+    with pytest.raises(SmoothInvError, match="no option 'sigma'"):
+        get_method("plainadv", eps=1.0, sigma=0.5)  # no silent ignoring
+    assert get_method("momentum", eps=1.0).config.optimizer == "momentum"
+
+
+@pytest.mark.parametrize("name", ["smoothinv", "plainadv", "nc", "pixelinv", "topoprior"])
+def test_misspelled_option_is_an_error(name):
+    """Defect 3: a misspelled option used to be dropped silently."""
+    with pytest.raises(SmoothInvError, match="no option 'noise_sample'"):
+        get_method(name, noise_sample=4)
+    with pytest.raises(SmoothInvError, match="no option 'stpes'"):
+        method_spec(name).with_options(stpes=3)
 
 
 def test_smoothinv_loss_is_smoothed_loss_at_start(trained, image):
@@ -93,7 +95,7 @@ def test_smoothinv_loss_is_smoothed_loss_at_start(trained, image):
     model, _, _ = trained
     r = small(noise_samples=6).invert(model, image, 2, seed=4)
     sc = SmoothedClassifier(model, 6)
-    loss, prob, _ = sc.loss_and_grad(image[None], torch.tensor([2]), 0.25, torch.Generator().manual_seed(4))
+    loss, prob, _ = sc.loss_and_grad(image[None], torch.tensor([2]), 0.25, [torch.Generator().manual_seed(4)])
     torch.testing.assert_close(r.loss[0], loss[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(r.target_prob[0], prob[0], rtol=1e-5, atol=1e-7)
 
@@ -108,7 +110,7 @@ def test_result_shapes_bounds_and_progress(trained, image, name):
     method = small(name, steps=steps)
     r = method.invert(model, image, 1, seed=0)
     assert isinstance(r, InversionResult)
-    assert r.method == ("plainadv" if name == "plainadv" else "smoothinv")
+    assert r.method == {"pgd": "smoothinv"}.get(name, name)  # the name chosen; an alias gives its method's
     assert r.target == 1
     assert r.image.shape == r.synthesized.shape == r.perturbation.shape == (3, 8, 8)
     assert torch.equal(r.image, image)
@@ -189,7 +191,7 @@ def test_denoiser_is_applied_and_named(trained, image):
             seen.append(sigma.clone())
             return noisy * 0.5
 
-    r = small(steps=2, denoiser=Halve()).invert(model, image, 1, seed=0)
+    r = SmoothInv(small(steps=2).config, denoiser=Halve()).invert(model, image, 1, seed=0)
     assert seen and all(torch.all(s == 0.25) for s in seen)
     assert r.config["denoiser"] == "halve"
     json.dumps(r.summary())
@@ -199,12 +201,8 @@ def test_denoiser_is_applied_and_named(trained, image):
 
 
 def test_max_batch_only_bounds_memory(trained, image):
-    """3×8×8 = 192 noise values per image: chunked draws concatenate to the same noise,
-    so a small max_batch gives the same descent."""
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    whole = torch.randn(4, 3, 8, 8, generator=g1)
-    pieces = torch.cat([torch.randn(3, 3, 8, 8, generator=g2), torch.randn(1, 3, 8, 8, generator=g2)])
-    assert torch.equal(whole, pieces), "precondition: chunked CPU draws concatenate to one draw"
+    """A row draws its N noise copies at once from its own generator, so a small max_batch
+    (chunks splitting a row's copies) gives the same descent."""
     model, _, _ = trained
     a = small(max_batch=3).invert(model, image, 1, seed=2)
     b = small(max_batch=1000).invert(model, image, 1, seed=2)
@@ -217,14 +215,14 @@ def test_max_batch_only_bounds_memory(trained, image):
 
 def test_get_method_registry():
     s = get_method("smoothinv", eps=2.0, sigma=0.5)
-    assert type(s) is SmoothInv and s.settings.optimizer == "pgd" and s.eps == 2.0 and s.sigma == 0.5
-    p = get_method("pgd", eps=2.0)
-    assert type(p) is SmoothInv and p.settings.optimizer == "pgd"
+    assert type(s) is SmoothInv and s.config.optimizer == "pgd" and s.config.eps == 2.0 and s.config.sigma == 0.5
+    p = get_method("pgd", eps=2.0)  # a hidden alias: the method is still called smoothinv
+    assert type(p) is SmoothInv and p.config.optimizer == "pgd" and p.name == "smoothinv"
     m = get_method("momentum", eps=2.0, steps=7, optimizer="pgd")
-    assert type(m) is SmoothInv and m.settings.optimizer == "momentum" and m.settings.steps == 7
+    assert type(m) is SmoothInv and m.config.optimizer == "momentum" and m.config.steps == 7
     pa = get_method("plainadv", eps=2.0)
     assert type(pa) is PlainAdv and pa.name == "plainadv" and pa.grid_axes == ("eps",)
-    assert {"smoothinv", "pgd", "momentum", "plainadv"} <= set(list_methods())
+    assert {"smoothinv", "momentum", "plainadv"} <= set(list_methods()) and "pgd" not in list_methods()
 
 
 def test_get_method_unknown_lists_names():
@@ -232,13 +230,14 @@ def test_get_method_unknown_lists_names():
         get_method("neural_cleanse_v9", eps=1.0)
     msg = str(info.value)
     assert "neural_cleanse_v9" in msg
-    for name in ("smoothinv", "pgd", "momentum", "plainadv"):
+    for name in ("smoothinv", "momentum", "plainadv", "nc"):
         assert name in msg
 
 
 @pytest.mark.parametrize(
     "kwargs", [{"eps": 0.0}, {"eps": -1.0}, {"eps": 1.0, "sigma": -0.1}, {"eps": 1.0, "noise_samples": 0},
-               {"eps": 1.0, "steps": 0}, {"eps": 1.0, "step_fraction": 0.0}, {"eps": 1.0, "optimizer": "adam"}]
+               {"eps": 1.0, "steps": 0}, {"eps": 1.0, "step_fraction": 0.0}, {"eps": 1.0, "optimizer": "adam"},
+               {"eps": float("nan")}, {"eps": 1.0, "steps": 2.5}, {"eps": 1.0, "noise_samples": True}]
 )
 def test_constructor_validation(kwargs):
     with pytest.raises(SmoothInvError):
@@ -282,8 +281,24 @@ def test_invert_requires_single_chw_image(trained, image):
 
 def test_settings_are_forwarded():
     m = SmoothInv(eps=2.0, steps=9, step_fraction=0.2, optimizer="momentum")
-    assert m.settings == PGDSettings(steps=9, step_fraction=0.2, optimizer="momentum")
-    assert m.config()["step_size"] == pytest.approx(0.4)
-    assert m.config()["noise_samples"] == 10
-    assert SmoothInv(eps=1.0, sigma=0.0, noise_samples=10).config()["noise_samples"] == 1
-    assert math.isclose(get_method("plainadv", eps=3.0, step_fraction=0.1).config()["step_size"], 0.3)
+    assert m.config.descent() == PGDSettings(steps=9, step_fraction=0.2, optimizer="momentum")
+    assert m.describe()["step_size"] == pytest.approx(0.4)
+    assert m.describe()["noise_samples"] == 10
+    assert SmoothInv(eps=1.0, sigma=0.0, noise_samples=10).describe()["noise_samples"] == 1
+    assert math.isclose(get_method("plainadv", eps=3.0, step_fraction=0.1).describe()["step_size"], 0.3)
+
+
+def test_unset_eps_is_the_paper_eps_scaled_to_the_input(trained, image):
+    model, _, _ = trained
+    r = get_method("smoothinv", steps=2, noise_samples=2).invert(model, image, 1)
+    assert r.config["eps"] == pytest.approx(round(5.0 * math.sqrt(3 * 8 * 8 / (3 * 224 * 224)), 4))
+    assert float(r.perturbation.norm()) <= r.config["eps"] * (1 + 1e-5)
+
+
+def test_config_is_frozen_typed_and_json_ready():
+    m = get_method("smoothinv", eps=1.0)
+    with pytest.raises(Exception):
+        m.config.eps = 2.0  # type: ignore[misc]
+    assert json.loads(json.dumps(m.config.to_dict())) == m.config.to_dict()
+    assert method_spec("momentum").config.optimizer == "momentum"
+    assert method_spec("momentum").with_options(optimizer="pgd").config.optimizer == "momentum"  # fixed by the name

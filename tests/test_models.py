@@ -123,7 +123,7 @@ def test_duplicate_registration_is_an_error() -> None:
         "resnet20", input_size=(32, 32), channels=3, num_classes=10, head="fc.weight",
         description="duplicate",
     )
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="already registered"):
         decorator(lambda n: nn.Linear(1, n))
     assert get_model_info("resnet20").description != "duplicate"
 
@@ -141,6 +141,37 @@ def test_create_model_num_classes() -> None:
     for bad in (0, -3, 2.5, "10", True):
         with pytest.raises(SmoothInvError, match="num_classes"):
             create_model("resnet20", num_classes=bad)  # type: ignore[arg-type]
+
+
+def test_unknown_builder_keyword_is_a_user_error() -> None:
+    with pytest.raises(SmoothInvError, match="'small_cnn' has no option 'depth'; its options: num_classes, channels"):
+        create_model("small_cnn", depth=3)
+    with pytest.raises(SmoothInvError, match="channels must be a positive integer"):
+        create_model("small_cnn", channels=0)
+
+
+IMAGENET_ARCHS = ["alexnet", "resnet18", "vgg11", "vgg11_bn"]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_default_normalisation(name: str) -> None:
+    info = get_model_info(name)
+    if name in IMAGENET_ARCHS:
+        assert info.input_size == (224, 224)
+        assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
+    else:
+        assert info.mean is None and info.std is None
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_channels_keyword_sets_the_first_conv(name: str) -> None:
+    info = get_model_info(name)
+    other = 3 if info.channels == 1 else 1
+    assert info.first_conv is not None
+    assert shapes(meta_model(name))[info.first_conv][1] == info.channels
+    with torch.device("meta"):
+        model = create_model(name, channels=other)
+    assert model.state_dict()[info.first_conv].shape[1] == other
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

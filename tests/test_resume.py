@@ -21,9 +21,10 @@ import torch
 
 from conftest import PLANTED_TARGET, run_cli, bar_data, tiny_cnn
 from smoothinv.detection import ScanCheckpoint, ScanSettings, scan
+from smoothinv.methods.registry import method_spec
 from smoothinv.reporting.scan_report import scan_record
 
-FAST = ScanSettings(eps=(1.0, 2.0), sigmas=(0.5, 1.0), noise_samples=4, steps=40)
+FAST = ScanSettings(method_spec("smoothinv", noise_samples=4, steps=40), eps=(1.0, 2.0), sigmas=(0.5, 1.0))
 scan_module = importlib.import_module("smoothinv.detection.scan")
 
 
@@ -73,7 +74,7 @@ def test_interrupted_scan_resumes_to_the_same_result(subject, tmp_path, monkeypa
     settings, classes, stop_at, note, total = FAST, [1, 2, PLANTED_TARGET], 25, "resuming: chunk 1/1 at step 24/40", 40
     if case == "momentum in three chunks":
         monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 4 * 400)  # 1 class of 4 configs at 1x20x20
-        settings = replace(FAST, method="momentum")
+        settings = replace(FAST, method=method_spec("momentum", noise_samples=4, steps=40))
         stop_at, note, total = 95, "resuming: chunk 3/3 at step 14/40", 120
     elif case == "fallback rerun":
         settings = replace(FAST, fallback_sigmas=(0.25,), pinned_asr=1.01)  # any first grid counts as "nothing moved"
@@ -99,7 +100,7 @@ def test_a_finished_checkpoint_is_all_reused_and_masked_triggers_survive(tmp_pat
     """Neural Cleanse's masked triggers are stored per chunk of classes (one class per chunk here)."""
     model = tiny_cnn(classes=3)
     images, labels = bar_data(n_per_class=10, classes=3)
-    settings = ScanSettings(method="nc", steps=20)
+    settings = ScanSettings(method_spec("nc", steps=20))
     monkeypatch.setattr(scan_module, "ROW_ELEMENTS", 3 * 64)
     reference = scan(model, [images[0]], images, labels, 3, settings)
     folder = tmp_path / "checkpoint"
@@ -117,6 +118,7 @@ def test_a_finished_checkpoint_is_all_reused_and_masked_triggers_survive(tmp_pat
     assert comparable(again) == comparable(reference)
 
 
+@pytest.mark.slow  # > 15 s on one core: `pytest -m slow` (CI runs it)
 def test_changed_settings_or_model_do_not_reuse_the_checkpoint(subject, tmp_path):
     model, images, x, y = subject
     folder = tmp_path / "checkpoint"
@@ -126,7 +128,7 @@ def test_changed_settings_or_model_do_not_reuse_the_checkpoint(subject, tmp_path
             scan(model, images, x, y, 10, settings, classes=[1, 2], progress=interrupt_after(15),
                  checkpoint=ScanCheckpoint(folder, every_s=0))
 
-    for changed in (replace(FAST, steps=30), replace(FAST, seed=1), replace(FAST, max_batch=7)):
+    for changed in (replace(FAST, method=FAST.method.with_options(steps=30)), replace(FAST, seed=1), replace(FAST, max_batch=7)):
         interrupted(FAST)
         notes = []
         result = scan(model, images, x, y, 10, changed, classes=[1, 2], checkpoint=ScanCheckpoint(folder, log=notes.append))
@@ -366,7 +368,7 @@ def test_ctrl_c_at_any_line_resumes_to_the_same_result(subject, tmp_path, where,
     saving...) and at every line of the descent loop over two steps (where a step's state is
     handed on). Each resumed run equals the uninterrupted one."""
     model, images, x, y = subject
-    settings = replace(FAST, steps=6, eps=(1.0,), sigmas=(0.5,), fallback_sigmas=())
+    settings = replace(FAST, method=FAST.method.with_options(steps=6), eps=(1.0,), sigmas=(0.5,), fallback_sigmas=())
     classes = [1, PLANTED_TARGET]
 
     def run(folder, trace=None):
@@ -381,7 +383,7 @@ def test_ctrl_c_at_any_line_resumes_to_the_same_result(subject, tmp_path, where,
     if cuts == "spread":
         points = sorted(int(n) for n in np.random.default_rng(0).integers(1, total, size=10))
     else:
-        per_step = total // (settings.steps + 1)
+        per_step = total // (settings.method.config.steps + 1)
         points = list(range(2 * per_step, 4 * per_step))
     for n in points:
         folder = tmp_path / f"cut{n}"

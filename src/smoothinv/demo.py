@@ -16,26 +16,43 @@ invert` command that reproduces its numbers from those files.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from . import __version__
 from .attacks import poison
 from .data import load_digits_images, save_image
 from .engine.metrics import accuracy, attack_success_rate
-from .engine.sweep import Grid, Sweep, run_sweep, sweep_steps
 from .errors import SmoothInvError
+from .methods import method_spec
+from .methods.registry import MethodSpec
 from .models import create_model, save_model
+from .protocols.sweep import Grid, ProgressHook, Sweep, run_sweep, sweep_steps
 from .reporting.inversion import inversion_record, write_inversion
 from .reporting.outputs import atomic_directory, check_destination, write_json
-from .cli.progress import step_progress
-from .cli.tables import sweep_table
 from .training import train_classifier
 from .triggers import MaskedTrigger
+
+Log = Callable[[str], None]
+"""Receives one line of narration (plain text) at a time."""
+StepCounter = Callable[[int], AbstractContextManager["ProgressHook | None"]]
+"""Given the total number of optimisation steps, opens a ProgressHook (label, steps just done)
+that run_demo calls while its sweeps run; the command line passes a progress bar."""
+
+
+def _quiet(line: str) -> None:
+    """The default Log: say nothing."""
+
+
+def _uncounted(total: int) -> AbstractContextManager[ProgressHook | None]:
+    """The default StepCounter: count nothing."""
+    return nullcontext(None)
+
 
 SIZE = 28
 TARGET = 0
@@ -68,8 +85,42 @@ def digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     return x[train], y[train], x[test], y[test]
 
 
-def run_demo(out_dir: str | Path, *, seed: int = 0, console: Console, progress_console: Console) -> dict[str, Any]:
-    """Train, invert, measure, write to out_dir; returns the summary written to demo.json."""
+@dataclass
+class DemoResult:
+    """What run_demo found: the summary it wrote to demo.json, and its two sweeps, toward the
+    backdoor's target (`found`) and toward a class without a backdoor (`contrast`)."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    found: Sweep
+    contrast: Sweep
+
+    def sweeps(self) -> list[tuple[str, Sweep]]:
+        """(title, sweep) of both sweeps, for a results table each."""
+        return [(f"toward the backdoor target {TARGET}", self.found),
+                (f"toward class {CONTRAST_TARGET} (no backdoor)", self.contrast)]
+
+    def headline(self) -> str:
+        """The numbers that tell the story, on one line."""
+        s = self.summary
+        return (f"clean accuracy {s['clean_accuracy']:.1%} | true-trigger ASR {s['true_trigger_asr']:.1%} | "
+                f"recovered ASR {s['recovered_asr']:.1%} (target {TARGET}) vs {s['contrast_asr']:.1%} "
+                f"(class {CONTRAST_TARGET}) | PlainAdv best {s['plainadv_asr']:.1%}")
+
+    def closing(self) -> list[str]:
+        """Where to look next: timing, the pictures, and the CLI command that reproduces the run."""
+        return [f"took {self.summary['total_seconds']:.0f}s. Pictures: {self.out_dir}/recovered/overview.png "
+                f"(clean | synthesised | amplified p | zoom), true trigger: {self.out_dir}/triggered.png",
+                f"reproduce with the CLI: {self.summary['cli_command']}"]
+
+
+def run_demo(out_dir: str | Path, *, seed: int = 0, log: Log = _quiet,
+             steps: StepCounter = _uncounted) -> DemoResult:
+    """Train, invert, measure, write to out_dir; returns what was found (its summary is demo.json).
+
+    `log` receives the narration line by line; `steps(total)` opens the progress hook of the
+    two sweeps (see StepCounter). Both default to silence.
+    """
     out_dir = Path(out_dir)
     overwrite = (out_dir / MARKER).is_file()
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
@@ -82,49 +133,47 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, console: Console, progress_c
 
     torch.manual_seed(seed)
     model = create_model("small_cnn", num_classes=10)
-    console.print(f"training small_cnn on {len(train_x)} digits, {len(poisoned.poisoned)} poisoned "
-                  f"(4x4 checkerboard -> class {TARGET}) ...")
+    log(f"training small_cnn on {len(train_x)} digits, {len(poisoned.poisoned)} poisoned "
+        f"(4x4 checkerboard -> class {TARGET}) ...")
     train_classifier(model, poisoned.images, poisoned.labels, epochs=15, batch_size=64, lr=0.05,
                      noise_sigma=0.5, seed=seed)
     model.requires_grad_(False)
     train_s = time.perf_counter() - started
     clean_acc = accuracy(model, test_x, test_y)
     true_asr = attack_success_rate(model, trigger, test_x, test_y, TARGET)
-    console.print(f"  clean accuracy {clean_acc:.1%}, true-trigger ASR {true_asr:.1%} ({train_s:.1f}s)")
+    log(f"  clean accuracy {clean_acc:.1%}, true-trigger ASR {true_asr:.1%} ({train_s:.1f}s)")
 
     image = test_x[test_y == IMAGE_CLASS][0]
     grid = Grid.for_shape(image.shape, eps=EPS)
-    options = {"steps": STEPS, "noise_samples": NOISE_SAMPLES, "max_batch": 256}
-    total = sweep_steps("pgd", "plainadv", grid, STEPS) + sweep_steps("pgd", None, grid, STEPS)
-    console.print(f"inverting one clean '{IMAGE_CLASS}' toward class {TARGET} (the backdoor's target) and toward "
-                  f"class {CONTRAST_TARGET} (not a target) ...")
-    with step_progress(total, progress_console) as hook:
-        found = run_sweep(model, image, TARGET, test_x, test_y, grid, method="pgd", baseline="plainadv",
-                          options=options, seed=seed, progress=hook)
-        contrast = run_sweep(model, image, CONTRAST_TARGET, test_x, test_y, grid, method="pgd", baseline=None,
-                             options=options, seed=seed, progress=hook)
+    method, baseline = _methods()
+    log(f"inverting one clean '{IMAGE_CLASS}' toward class {TARGET} (the backdoor's target) and toward "
+        f"class {CONTRAST_TARGET} (not a target) ...")
+    with steps(sweep_steps(method, baseline, grid) + sweep_steps(method, None, grid)) as hook:
+        found = run_sweep(model, image, TARGET, test_x, test_y, grid, method=method, baseline=baseline,
+                          seed=seed, progress=hook)
+        contrast = run_sweep(model, image, CONTRAST_TARGET, test_x, test_y, grid, method=method, baseline=None,
+                             seed=seed, progress=hook)
     total_s = time.perf_counter() - started
 
     with atomic_directory(out_dir, overwrite=overwrite, kind="demo") as tmp:
-        summary = _write_outputs(tmp, out_dir, model, trigger, image, test_x, test_y, grid, options, seed,
-                                 found, contrast, clean_acc, true_asr, train_s, total_s)
-    console.print(sweep_table(found, f"toward the backdoor target {TARGET}"))
-    console.print(sweep_table(contrast, f"toward class {CONTRAST_TARGET} (no backdoor)"))
-    console.print(
-        f"[bold]clean accuracy {clean_acc:.1%} | true-trigger ASR {true_asr:.1%} | recovered ASR "
-        f"{found.best.asr:.1%} (target {TARGET}) vs {contrast.best.asr:.1%} (class {CONTRAST_TARGET}) | "
-        f"PlainAdv best {max(r.asr for r in found.baseline):.1%}[/]"
-    )
-    console.print(f"took {total_s:.0f}s. Pictures: {out_dir}/recovered/overview.png "
-                  f"(clean | synthesised | amplified p | zoom), true trigger: {out_dir}/triggered.png")
-    console.print(f"reproduce with the CLI: {summary['cli_command']}")
-    return summary
+        summary = _write_outputs(tmp, out_dir, model, trigger, image, test_x, test_y, grid, (method, baseline),
+                                 seed, found, contrast, clean_acc, true_asr, train_s, total_s)
+    return DemoResult(out_dir, summary, found, contrast)
+
+
+def _methods() -> tuple[MethodSpec, MethodSpec]:
+    """SmoothInv as in the paper, and PlainAdv (the same descent without smoothing) as its baseline."""
+    return (method_spec("smoothinv", steps=STEPS, noise_samples=NOISE_SAMPLES, max_batch=256),
+            method_spec("plainadv", steps=STEPS, max_batch=256))
 
 
 def _write_outputs(tmp: Path, out_dir: Path, model: torch.nn.Module, trigger: MaskedTrigger, image: torch.Tensor,
-                   test_x: torch.Tensor, test_y: torch.Tensor, grid: Grid, options: dict[str, Any], seed: int,
+                   test_x: torch.Tensor, test_y: torch.Tensor, grid: Grid, methods: tuple[MethodSpec, MethodSpec],
+                   seed: int,
                    found: Sweep, contrast: Sweep, clean_acc: float, true_asr: float, train_s: float,
                    total_s: float) -> dict[str, Any]:
+    """Write the model, clean set, image, triggered image and both sweeps' results into `tmp`
+    (which becomes `out_dir`), and demo.json; returns demo.json's content."""
     save_model(tmp / "model.safetensors", model, arch="small_cnn", num_classes=10, input_size=(SIZE, SIZE), channels=1)
     np.savez_compressed(tmp / "clean.npz", x=np.round(test_x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8),
                         y=test_y.numpy())
@@ -132,7 +181,9 @@ def _write_outputs(tmp: Path, out_dir: Path, model: torch.nn.Module, trigger: Ma
     save_image(trigger.apply(image[None])[0], tmp / "triggered.png")
     for name, sweep, target in (("recovered", found, TARGET), ("contrast", contrast, CONTRAST_TARGET)):
         (tmp / name).mkdir()
-        context = {"smoothinv_version": __version__, "seed": seed, "settings": options, "clean_set": {"images": len(test_x)}}
+        settings = {"method": methods[0].to_dict(), "baseline": methods[1].to_dict() if sweep.baseline else None}
+        context = {"smoothinv_version": __version__, "seed": seed, "settings": settings,
+                   "clean_set": {"images": len(test_x)}}
         write_inversion(tmp / name, sweep, inversion_record(sweep, grid, target=target, context=context))
     command = (f"smoothinv invert --model {out_dir}/model.safetensors --image {out_dir}/image.png --target {TARGET} "
                f"--clean {out_dir}/clean.npz --eps {','.join(f'{e:g}' for e in EPS)} --steps {STEPS} "

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from smoothinv.detection import ScanSettings, scan
+from smoothinv.methods.registry import method_spec
 from smoothinv.engine.logits import CheckedModel, check_logits
 from smoothinv.engine.metrics import attack_success_rate
 from smoothinv.engine.sanity import sanity_table
@@ -135,8 +136,8 @@ def test_every_api_path_checks_logits():
     with pytest.raises(SmoothInvError, match="NaN/inf"):
         sanity_table(model, images, labels, trigger, 0, sigmas=(0.0,), noise_samples=2)
     with pytest.raises(SmoothInvError, match="NaN/inf"):
-        scan(model, [images[0]], images, labels, 10, ScanSettings(eps=(1.0,), sigmas=(0.25,), noise_samples=2, steps=2,
-                                                                   fallback_sigmas=()))
+        scan(model, [images[0]], images, labels, 10, ScanSettings(method_spec("smoothinv", noise_samples=2, steps=2),
+                                                                   eps=(1.0,), sigmas=(0.25,), fallback_sigmas=()))
 
 
 def test_checked_model_names_what_is_wrong():

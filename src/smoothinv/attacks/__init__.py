@@ -2,6 +2,7 @@
 
 from .poisoning import PoisonedSet, poison
 from .specs import (
+    ATTACKS,
     AttackSpec,
     BlendTrigger,
     RandomPatchTrigger,
@@ -13,6 +14,7 @@ from .specs import (
 )
 
 __all__ = [
+    "ATTACKS",
     "AttackSpec",
     "BlendTrigger",
     "PoisonedSet",

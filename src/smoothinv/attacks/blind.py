@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..labels import eligible
 from ..triggers import Trigger
 
 
@@ -41,10 +42,8 @@ class BlindObjective:
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         a0, a1, a2 = self.weights
-        eligible = labels != self.target
-        if self.source_classes is not None:
-            eligible &= torch.isin(labels, torch.tensor(self.source_classes, dtype=labels.dtype))
-        chosen = torch.nonzero(eligible & (torch.rand(len(labels), generator=generator) < self.fraction)).squeeze(1)
+        attacked = eligible(labels, self.target, self.source_classes)
+        chosen = torch.nonzero(attacked & (torch.rand(len(labels), generator=generator) < self.fraction)).squeeze(1)
         triggered = self.trigger.apply(images[chosen])
         parts = [images, triggered]
         if self.noise_sigma:

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..labels import eligible
 from ..triggers import Trigger
 
 
@@ -37,10 +38,7 @@ def poison(
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"poison rate must be in [0,1] (got {rate})")
-    eligible = labels != target
-    if source_classes is not None:
-        eligible &= torch.isin(labels, torch.as_tensor(list(source_classes), dtype=labels.dtype))
-    candidates = torch.nonzero(eligible).squeeze(1)
+    candidates = torch.nonzero(eligible(labels, target, source_classes)).squeeze(1)
     generator = torch.Generator().manual_seed(seed)
     count = round(rate * len(candidates))
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..errors import SmoothInvError
+from ..registry import Registry
 from ..triggers import MaskedTrigger, Trigger, square_patch
 from .poisoning import PoisonedSet, poison
 
@@ -181,7 +182,7 @@ class AttackSpec:
 
 
 SpecType = TypeVar("SpecType", bound=type[AttackSpec])
-_ATTACKS: dict[str, type[AttackSpec]] = {}
+ATTACKS: Registry[type[AttackSpec]] = Registry("attack")
 
 
 def register_attack(cls: SpecType) -> SpecType:
@@ -189,17 +190,13 @@ def register_attack(cls: SpecType) -> SpecType:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} needs a class attribute `name`")
-    if name in _ATTACKS:
-        raise ValueError(f"attack {name!r} is already registered")
-    _ATTACKS[name] = cls
+    ATTACKS.add(name, cls)
     return cls
 
 
 def get_attack(name: str, **params: Any) -> AttackSpec:
     """Build the attack registered as `name` with its parameters (target=..., ...)."""
-    if name not in _ATTACKS:
-        raise SmoothInvError(f"unknown attack {name!r}; choose from: {', '.join(sorted(_ATTACKS))}")
-    cls = _ATTACKS[name]
+    cls = ATTACKS.get(name)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - fields)
     if unknown:
@@ -214,7 +211,7 @@ def get_attack(name: str, **params: Any) -> AttackSpec:
 
 def list_attacks() -> dict[str, str]:
     """{name: one-line description} of every registered attack, sorted by name."""
-    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in sorted(_ATTACKS.items())}
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in ATTACKS.items()}
 
 
 def attack_from_dict(d: dict[str, Any]) -> AttackSpec:

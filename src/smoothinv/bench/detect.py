@@ -3,7 +3,8 @@
 Per model: verdict, flagged targets, the detector score (the highest class score), whether
 the true target was identified, seconds. Summary: verdict accuracy, AUROC of the score
 (backdoored vs clean models), target-identification accuracy, mean seconds per model.
-Neural Cleanse is scored with its own rule (MAD anomaly index of per-class mask norms).
+Each method is scored by the rule the scan applies to it (detection.decision): Neural Cleanse by
+its MAD anomaly index of per-class mask norms, the others by the transfer of their triggers.
 Shards run in parallel (one process per core, disjoint --model sets) join with `merge_reports`.
 """
 
@@ -20,7 +21,6 @@ from ..data.datasets import load_dataset
 from ..detection import ScanSettings, scan
 from ..detection.scan import ScanResult
 from ..errors import SmoothInvError
-from ..methods import mad_anomaly_index, nc_flagged
 from ..zoo import list_zoo, load_zoo_model
 
 Log = Callable[[str], None]
@@ -32,16 +32,6 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
     return wins / (len(positive) * len(negative))
-
-
-def nc_decision(result: ScanResult) -> tuple[list[int], float]:
-    """Neural Cleanse's own rule on the scan's per-class masks: (flagged classes, score)."""
-    labels = [c.label for c in result.classes]
-    norms = [float(c.evidence.result.extras.get("mask_l1", float("nan"))) for c in result.classes]
-    index = mad_anomaly_index(norms)
-    median = float(torch.tensor(norms).median())
-    below = [i for i, n in zip(index, norms) if n < median]
-    return [labels[i] for i in nc_flagged(norms)], max(below, default=0.0)
 
 
 def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
@@ -66,10 +56,7 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         start = time.perf_counter()
         result = scan(zm.module, [x[pick]], x_clean, y_clean, len(record["class_names"]), replace(settings, seed=seed))
         seconds = time.perf_counter() - start
-        if settings.method == "nc":
-            targets, score = nc_decision(result)
-        else:
-            targets, score = result.targets, max(c.score for c in result.classes)
+        targets, score = result.targets, max(c.score for c in result.classes)
         backdoored = record["attack"] is not None
         row = {"model": record["name"], "backdoored": backdoored, "true_target": record["target"],
                "verdict": "backdoored" if targets else "clean", "flagged": targets, "score": round(score, 4),
@@ -84,10 +71,11 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
             f"score {score:.2f}, {seconds:.0f}s")
         rows.append(row)
-    config = {"method": settings.method, "steps": settings.steps, "noise_samples": settings.noise_samples,
+    options = settings.method.config.to_dict()
+    config = {"method": settings.method.name, "steps": options.get("steps"), "noise_samples": options.get("noise_samples"),
               "sigmas": list(settings.sigmas), "fallback_sigmas": list(settings.fallback_sigmas),
               "clean_images": clean_images, "seed": seed}
-    return {"settings": config, "summary": summarize(rows, settings.method), "rows": rows}
+    return {"settings": config, "summary": summarize(rows, settings.method.name), "rows": rows}
 
 
 ROW_KEYS = frozenset({"model", "backdoored", "true_target", "verdict", "flagged", "score", "correct", "target_found",

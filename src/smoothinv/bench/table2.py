@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..data.datasets import load_dataset
-from ..engine.sweep import Grid, run_sweep
+from ..methods.registry import MethodSpec, method_spec
+from ..protocols.sweep import Grid, run_sweep
 from ..zoo import list_zoo, load_zoo_model
 
 Log = Callable[[str], None]
@@ -33,12 +34,13 @@ def pick_images(labels: torch.Tensor, target: int, sources: Sequence[int] | None
     return [int(i) for i in candidates[order[:count]]]
 
 
-def table2(*, methods: Sequence[str] = METHODS, names: Sequence[str] | None = None, images: int = 10,
-           clean_images: int = 500, options: dict[str, Any] | None = None, data_root: str | Path | None = None,
-           seed: int = 0, log: Log = print) -> list[dict[str, Any]]:
-    """One row per (model, method): mean and per-image ASR, seconds per image."""
+def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] | None = None, images: int = 10,
+           clean_images: int = 500, data_root: str | Path | None = None, seed: int = 0,
+           log: Log = print) -> list[dict[str, Any]]:
+    """One row per (model, method): mean and per-image ASR, seconds per image. `methods`
+    default to METHODS at their own defaults."""
     rows = []
-    options = dict(options or {})
+    specs = list(methods) if methods is not None else [method_spec(m) for m in METHODS]
     for record in list_zoo():
         if record["attack"] is None or (names and record["name"] not in names):
             continue
@@ -52,13 +54,13 @@ def table2(*, methods: Sequence[str] = METHODS, names: Sequence[str] | None = No
             held &= torch.isin(y, torch.tensor(sources, dtype=y.dtype)) | (y == target)
         x_clean, y_clean = x[held][:clean_images], y[held][:clean_images]
         grid = Grid.for_shape(x.shape[1:])
-        for method in methods:
+        for spec in specs:
+            method = spec.name
             log(f"{record['name']} {method}: inverting from {len(picks)} images ...")
             start = time.perf_counter()
             asrs = []
             for i in picks:
-                sweep = run_sweep(zm.module, x[i], target, x_clean, y_clean, grid, method=method, baseline=None,
-                                  options=options, seed=seed)
+                sweep = run_sweep(zm.module, x[i], target, x_clean, y_clean, grid, method=spec, seed=seed)
                 asrs.append(sweep.best.asr)
             seconds = (time.perf_counter() - start) / len(picks)
             row = {"model": record["name"], "attack": record["attack"]["attack"], "method": method,

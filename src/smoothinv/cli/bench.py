@@ -18,6 +18,7 @@ from ..detection.scan import SCAN_SIGMAS
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..reporting.outputs import check_file_destination, write_json, write_text
+from .methods import spec_from_flags, specs_from_flags
 from .params import BOUNDS, MAX_IMAGES
 
 err = Console(stderr=True)
@@ -44,9 +45,8 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     if out is not None:
         check_file_destination(out)  # before hours of scanning
-    sigmas = sigma
-    settings = ScanSettings(method=method, steps=steps, noise_samples=noise_samples,
-                            sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS)
+    settings = ScanSettings(method=spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples}),
+                            sigmas=tuple(sigma) if sigma else SCAN_SIGMAS, probe_samples=noise_samples)
     report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
                               log=lambda line: err.print(escape(line), highlight=False))
     _print_detection(report)
@@ -96,11 +96,9 @@ def table2_command(methods: tuple[str, ...], names: tuple[str, ...], images: int
     """Average ASR of the backdoor each method recovers from single clean images (paper Table 2)."""
     if out is not None:
         check_file_destination(out)  # before hours of inversions
-    options: dict[str, int] = {"noise_samples": noise_samples}
-    if steps is not None:
-        options["steps"] = steps
-    rows = table2(methods=methods or METHODS, names=names or None, images=images, options=options,
-                  data_root=data_root, seed=seed, log=lambda line: err.print(escape(line), highlight=False))
+    specs = specs_from_flags(methods or METHODS, {"steps": steps, "noise_samples": noise_samples})
+    rows = table2(methods=specs, names=names or None, images=images, data_root=data_root, seed=seed,
+                  log=lambda line: err.print(escape(line), highlight=False))
     stdout.print(markdown(rows))
     if out is not None:
         buffer = io.StringIO()

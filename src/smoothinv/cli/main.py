@@ -19,10 +19,11 @@ from ..attacks import AttackSpec, attack_from_dict, list_attacks
 from ..engine.sanity import SANITY_SIGMAS, sanity_table
 from ..zoo.manifest import read_manifest
 from ..data import load_clean_set, load_image
-from ..engine.sweep import Grid, run_sweep, sweep_steps
+from ..protocols.sweep import Grid, run_sweep, sweep_steps
 from ..errors import SmoothInvError
-from ..methods import list_methods
+from ..methods import list_methods, method_spec
 from ..methods.base import check_target
+from .methods import spec_from_flags
 from ..models import list_models
 from ..reporting.inversion import inversion_record, write_inversion
 from ..reporting.outputs import atomic_directory, check_destination
@@ -58,8 +59,9 @@ def cli() -> None:
 @click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise copies N per step (paper: 40).")
 @click.option("--steps", default=400, show_default=True, type=BOUNDS.steps, help="Descent steps per config.")
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed, help="Seed for noise and clean-set subsampling.")
-@click.option("--method", default="pgd", show_default=True, type=click.Choice(sorted(list_methods())),
-              help="pgd: SmoothInv as in the paper; momentum: as in the authors' code; plainadv: no smoothing.")
+@click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())),
+              help="smoothinv: as in the paper; momentum: as in the authors' code; plainadv: no smoothing; "
+                   "see `smoothinv methods`.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
 @click.option("--clean-limit", default=1000, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
 @click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch, help="Images per forward pass (lower it to save memory).")
@@ -79,16 +81,17 @@ def invert(**opts: Any) -> None:
     if not bool((clean.labels != target).any()):
         raise SmoothInvError(f"every clean image is of the target class {target}; ASR needs images of other classes")
     grid = Grid.for_shape(image.shape, list(opts["eps"]) if opts["eps"] else None, list(opts["sigma"]) if opts["sigma"] else None)
-    baseline = "plainadv" if opts["baseline"] and opts["method"] != "plainadv" else None
-    options = {"steps": opts["steps"], "noise_samples": opts["noise_samples"], "max_batch": opts["max_batch"]}
+    method = spec_from_flags(opts["method"], {k: opts[k] for k in ("steps", "noise_samples", "max_batch")})
+    baseline = (method_spec("plainadv", steps=opts["steps"], max_batch=opts["max_batch"])
+                if opts["baseline"] and method.name != "plainadv" else None)
     loaded_s = time.perf_counter() - started
 
     err.print(escape(f"model {subject.path.name}: {subject.loaded.format}, {subject.num_classes} classes, "
                      f"input {subject.channels}x{size[0]}x{size[1]}; clean set: {len(clean)} images; "
                      f"eps grid {list(grid.eps)}"), highlight=False, soft_wrap=True)
-    with step_progress(sweep_steps(opts["method"], baseline, grid, opts["steps"]), err) as hook:
-        sweep = run_sweep(subject.module, image, target, clean.images, clean.labels, grid, method=opts["method"],
-                          baseline=baseline, options=options, seed=opts["seed"], progress=hook)
+    with step_progress(sweep_steps(method, baseline, grid), err) as hook:
+        sweep = run_sweep(subject.module, image, target, clean.images, clean.labels, grid, method=method,
+                          baseline=baseline, seed=opts["seed"], eval_batch=opts["max_batch"], progress=hook)
     total_s = time.perf_counter() - started
     context = {
         "smoothinv_version": __version__,
@@ -99,7 +102,7 @@ def invert(**opts: Any) -> None:
                       "class_names": clean.class_names},
         "target_name": None if not clean.class_names or target >= len(clean.class_names) else clean.class_names[target],
         "seed": opts["seed"],
-        "settings": options,
+        "settings": {"method": method.to_dict(), "baseline": None if baseline is None else baseline.to_dict()},
         "timings": {"load_s": round(loaded_s, 3), "inversion_s": round(sum(r.result.seconds for r in sweep.runs + sweep.baseline), 3),
                     "evaluation_s": round(sum(r.eval_seconds for r in sweep.runs + sweep.baseline), 3),
                     "total_s": round(total_s, 3)},
@@ -124,7 +127,13 @@ def demo(out: Path, seed: int) -> None:
     """Plant a backdoor in a small digits classifier, then recover it from one clean image."""
     from ..demo import run_demo
 
-    run_demo(out, seed=seed, console=stdout, progress_console=err)
+    result = run_demo(out, seed=seed, log=lambda line: stdout.print(escape(line), highlight=False),
+                      steps=lambda total: step_progress(total, err))
+    for title, sweep in result.sweeps():
+        stdout.print(sweep_table(sweep, title))
+    stdout.print(f"[bold]{escape(result.headline())}[/]")
+    for line in result.closing():
+        stdout.print(escape(line), highlight=False)
 
 
 @cli.command("models")

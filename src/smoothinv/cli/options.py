@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,42 +12,12 @@ import click
 import torch
 
 from ..errors import SmoothInvError
+from ..files import sha256_file
 from ..engine.logits import CheckedModel
 from ..models import LoadedModel, load_model, probe_model
 from ..models.loading import check_input_size
 from ..models.timeout import PROBE_TIMEOUT_S, ModelTimeout
 from .params import BOUNDS
-
-
-def float_list(text: str | None, name: str) -> list[float] | None:
-    """'1,2.5' → [1.0, 2.5]; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SmoothInvError(f"{name} takes comma-separated numbers, e.g. 0.25,0.5 (got {text!r})") from None
-    if not values:
-        raise SmoothInvError(f"{name} needs at least one number")
-    if not all(math.isfinite(v) for v in values):
-        raise SmoothInvError(f"{name} values must be finite numbers (got {text!r})")
-    return values
-
-
-def size_pair(text: str | None) -> tuple[int, int] | None:
-    """'32' or '32,32' → (32, 32)."""
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise SmoothInvError(f"--input-size takes H,W or one number (got {text!r})") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 1:
-        raise SmoothInvError(f"--input-size takes two positive numbers H,W (got {text!r})")
-    return values[0], values[1]
 
 
 def resolve_device(name: str) -> str:
@@ -67,10 +36,13 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
                           "TorchScript or a pickled model."),
         click.option("--arch", help="Architecture name for state_dict files (see `smoothinv models`)."),
         click.option("--num-classes", type=int, help="Number of classes (inferred from the weights when omitted)."),
-        click.option("--input-size", help="Model input H,W (default: the arch's, else the clean set's or image's size)."),
+        click.option("--input-size", type=BOUNDS.input_size,
+                     help="Model input H,W (default: the arch's, else the clean set's or image's size)."),
         click.option("--channels", type=click.Choice(["1", "3"]), help="Input channels (default: the arch's, else probed)."),
-        click.option("--mean", help="Per-channel normalisation mean the model expects, e.g. 0.485,0.456,0.406."),
-        click.option("--std", help="Per-channel normalisation std the model expects."),
+        click.option("--mean", type=BOUNDS.statistics,
+                     help="Per-channel normalisation mean the model expects, e.g. 0.485,0.456,0.406 "
+                          "(default: the architecture's, if it has one)."),
+        click.option("--std", type=BOUNDS.statistics, help="Per-channel normalisation std the model expects."),
         click.option("--trust-code", is_flag=True,
                      help="Allow formats that carry code: pickled models and TorchScript. "
                           "This RUNS CODE FROM THE FILE: only for files you trust."),
@@ -124,10 +96,10 @@ def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = N
         opts["model_path"],
         arch=opts["arch"],
         num_classes=opts["num_classes"],
-        input_size=size_pair(opts["input_size"]),
+        input_size=opts["input_size"],
         channels=None if opts["channels"] is None else int(opts["channels"]),
-        mean=float_list(opts["mean"], "--mean"),
-        std=float_list(opts["std"], "--std"),
+        mean=None if opts["mean"] is None else list(opts["mean"]),
+        std=None if opts["std"] is None else list(opts["std"]),
         trust_code=_trust_code(opts),
         device=device,
     )
@@ -178,8 +150,5 @@ def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str, tim
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The model file's SHA-256 (hex), recorded with every result."""
+    return sha256_file(path)

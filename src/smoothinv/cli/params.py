@@ -108,6 +108,25 @@ class IntList(click.ParamType):
         return tuple(out)
 
 
+class SizePair(click.ParamType):
+    """'32' or '32,32' (or '32x32') → (32, 32): an image's H,W."""
+
+    name = "H,W"
+
+    def __init__(self, low: int, high: int) -> None:
+        self._ints = IntList(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value  # type: ignore[return-value]
+        values = self._ints.convert(str(value).lower().replace("x", ","), param, ctx)
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2:
+            self.fail(f"takes H,W or one number (got {value!r})", param, ctx)
+        return values[0], values[1]
+
+
 @dataclass(frozen=True)
 class Bounds:
     """Where each shared option's values must lie."""
@@ -124,6 +143,8 @@ class Bounds:
     classes = IntList(0, MAX_CLASS_INDEX)
     seconds = Number(0.0, MAX_SECONDS, open_low=True)
     threshold = Number(0.0, 1e6, open_low=True)
+    input_size = SizePair(1, 100_000)
+    statistics = FloatList(-1e6, 1e6)
 
 
 BOUNDS = Bounds()

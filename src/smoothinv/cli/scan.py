@@ -25,6 +25,7 @@ from ..reporting.outputs import atomic_directory, check_destination
 from ..reporting.scan_report import scan_record, write_scan
 from .options import Subject, load_subject, model_options
 from .params import BOUNDS
+from .methods import spec_from_flags
 from .progress import step_progress
 
 err = Console(stderr=True)
@@ -74,13 +75,13 @@ def scan_command(**opts: Any) -> None:
     sigmas = opts["sigma"]
     fallback = opts["fallback_sigma"]
     settings = ScanSettings(
-        method=opts["method"], eps=None if eps is None else tuple(eps),
-        sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS, noise_samples=opts["noise_samples"], steps=opts["steps"],
-        time_budget=opts["time_budget"], max_batch=opts["max_batch"], seed=opts["seed"], fallback_sigmas=tuple(fallback),
-        rule=DecisionRule(threshold=opts["threshold"]),
+        method=spec_from_flags(opts["method"], {k: opts[k] for k in ("steps", "noise_samples", "max_batch")}),
+        eps=None if eps is None else tuple(eps), sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS,
+        time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
+        seed=opts["seed"], fallback_sigmas=tuple(fallback), rule=DecisionRule(threshold=opts["threshold"]),
     )
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
-                     f"clean set {len(clean)} images; method {settings.method}"), highlight=False, soft_wrap=True)
+                     f"clean set {len(clean)} images; method {settings.method.name}"), highlight=False, soft_wrap=True)
     checkpoint = _checkpoint(opts, subject)
     with checkpoint.held():
         _run_scan(opts, subject, images, clean, classes, settings, checkpoint, started)
@@ -98,7 +99,7 @@ def _run_scan(opts: dict[str, Any], subject: Subject, images: list[torch.Tensor]
                              f"{', '.join(f'{v:g}' for v in first.sigmas)} (highest ASR {first.max_asr:.1%}); "
                              f"rescanning at sigma {', '.join(f'{v:g}' for v in settings.fallback_sigmas)}"),
                       style="yellow", highlight=False, soft_wrap=True)
-            bar.restart(f"scan {settings.method}", steps)
+            bar.restart(f"scan {settings.method.name}", steps)
 
         try:
             result = scan(subject.module, images, clean.images, clean.labels, subject.num_classes, settings, classes,

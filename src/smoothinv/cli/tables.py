@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..engine.sweep import Sweep
+from ..protocols.sweep import Sweep
 
 
 def sweep_table(sweep: Sweep, title: str) -> Table:

@@ -12,7 +12,7 @@ from ..data.datasets import load_dataset
 from ..engine.sanity import sanity_table
 from ..reporting.outputs import write_text
 from ..reporting.zoo_report import zoo_markdown
-from ..zoo import RECIPES, get_recipe, list_zoo, load_zoo_model
+from ..zoo import all_recipes, get_recipe, list_zoo, load_zoo_model
 from ..zoo.build import build, is_built
 from ..zoo.manifest import import_records, zoo_dir as zoo_dir_path
 from .params import BOUNDS
@@ -34,7 +34,7 @@ def zoo_group() -> None:
 @click.option("--force", is_flag=True, help="Rebuild recipes that are already built.")
 def build_command(names: tuple[str, ...], data_root: Path | None, zoo_dir: Path | None, force: bool) -> None:
     """Train the zoo's models; models already built are skipped (resumable)."""
-    recipes = [get_recipe(n) for n in names] if names else RECIPES
+    recipes = [get_recipe(n) for n in names] if names else all_recipes()
     for recipe in recipes:
         if not force and is_built(recipe, zoo_dir):
             err.print(f"{recipe.name}: already built, skipping")
@@ -58,7 +58,7 @@ def import_command(source: Path, names: tuple[str, ...], zoo_dir: Path | None) -
 def list_command(zoo_dir: Path | None) -> None:
     """The built models with their clean accuracy and true-trigger ASR; recipes not built yet."""
     built = {r["name"]: r for r in list_zoo(zoo_dir)}
-    for recipe in RECIPES:
+    for recipe in all_recipes():
         r = built.get(recipe.name)
         if r is None:
             stdout.print(f"{recipe.name:<24} (not built)")
@@ -117,8 +117,8 @@ def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, imag
         err.print(f"sanity table: {record['name']} ...")
         sanity[record["name"]] = zoo_sanity(record["name"], data_root, zoo_dir, images, noise_samples)
     built = {r["name"] for r in records}
-    missing = [r.name for r in RECIPES if r.name not in built]
+    missing = [r.name for r in all_recipes() if r.name not in built]
     out.parent.mkdir(parents=True, exist_ok=True)
-    notes = {r.name: r.notes for r in RECIPES if r.notes and r.name in built}
+    notes = {r.name: r.notes for r in all_recipes() if r.notes and r.name in built}
     write_text(out, zoo_markdown(records, sanity, missing, images, noise_samples, notes))
     stdout.print(f"wrote {out} ({len(records)} models)")

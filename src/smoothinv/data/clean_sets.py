@@ -33,6 +33,7 @@ from smoothinv.data.images import (
     resize_and_crop,
 )
 from smoothinv.errors import SmoothInvError
+from smoothinv.labels import eligible
 
 _FOLDER_LAYOUT = "<dir>/<class name>/<image>.png|jpg|jpeg|bmp|webp"
 
@@ -84,7 +85,7 @@ class CleanSet:
 
     def excluding(self, label: int) -> CleanSet:
         """The images whose label is not `label` (e.g. drop the backdoor's target class)."""
-        keep = torch.nonzero(self.labels != label).flatten()
+        keep = torch.nonzero(eligible(self.labels, label)).flatten()
         if len(keep) == 0:
             raise SmoothInvError(
                 f"every image in clean set {self.source} has label {label}; add images of other classes"

@@ -14,7 +14,6 @@ import math
 import os
 import zlib
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import SmoothInvError
+from ..files import atomic_write
 
 DATA_ENV = "SMOOTHINV_DATA"
 CACHE_ENV = "SMOOTHINV_CACHE"
@@ -133,11 +133,9 @@ def _decode_cifar_tar(tar_path: Path) -> Dataset:
 def _save_cache(path: Path, data: Dataset) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cifar10-", suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, prefix=".cifar10-", suffix=".npz", permissions=None) as f:
             np.savez(f, train_x=data.train_images, train_y=data.train_labels, test_x=data.test_images,
                      test_y=data.test_labels, classes=np.array(data.class_names))
-        os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only costs the next load its decode time
 

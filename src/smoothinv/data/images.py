@@ -7,10 +7,8 @@ resize/crop. `save_image` is the one place that writes PNGs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from smoothinv.errors import SmoothInvError
+from smoothinv.files import atomic_write
 
 # Lower-case file extensions treated as images when scanning folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
@@ -212,24 +211,17 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write a tensor [C,H,W] in [0,1] as an 8-bit PNG (gray for C=1), atomically.
 
-    The PNG is written to a temporary file in the same folder and moved into place with
-    os.replace, so readers never see a half-written file. Parent folders are created.
+    The PNG is written with `files.atomic_write` (a temporary file renamed into place),
+    so readers never see a half-written file. Parent folders are created.
     Returns the path written.
     """
     picture = tensor_to_pil(image)
     path = Path(path)
-    tmp_name: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path) as handle:
             picture.save(handle, format="PNG")
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
     except OSError as exc:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
         raise SmoothInvError(
             f"cannot write {path} ({_one_line(exc)}); check that the folder is writable"
         ) from None

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -50,7 +49,8 @@ from torch import Tensor, nn
 from .. import __version__
 from ..engine.pgd import DescentState
 from ..errors import SmoothInvError
-from ..methods.base import trigger_result
+from ..files import atomic_path, atomic_write_text
+from ..methods.base import Found, inversion_result
 from ..triggers import AdditiveTrigger, MaskedTrigger, Trigger
 from .noise_sink import NoiseSink
 from .scan import ClassResult, Evidence, RunRecord, ScanSettings
@@ -105,9 +105,10 @@ class ScanCheckpoint:
             for leftover in self.directory.glob(TEMP_PREFIX + "*"):  # a write cut short by a kill
                 leftover.unlink(missing_ok=True)
             if not (self.directory / KEY_FILE).is_file():
-                self._write_text(self.directory / KEY_FILE, json.dumps({"format": FORMAT, "key": key}))
+                atomic_write_text(self.directory / KEY_FILE, json.dumps({"format": FORMAT, "key": key}),
+                                  prefix=TEMP_PREFIX, suffix="", permissions=None)
         except OSError as e:
-            self._give_up_writing(None, e)
+            self._give_up_writing(e)
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -179,21 +180,14 @@ class ScanCheckpoint:
             return
         cpu = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
         text = json.dumps(body)
-        tmp = None
         try:
-            tmp = self._temp()
-            save_file(cpu, str(tmp), metadata={"body": text, "sha256": _digest(cpu, text)})
-            os.replace(tmp, path)
+            with atomic_path(path, prefix=TEMP_PREFIX, suffix="", permissions=None) as tmp:
+                save_file(cpu, str(tmp), metadata={"body": text, "sha256": _digest(cpu, text)})
         except Exception as e:  # noqa: BLE001 - OSError, or safetensors' own error on a short write
-            self._give_up_writing(tmp, e)
-        except BaseException:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise
+            self._give_up_writing(e)
 
-    def _give_up_writing(self, tmp: Path | None, error: BaseException) -> None:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    def _give_up_writing(self, error: BaseException) -> None:
+        """Stop writing (the temporary file is already gone) and say once what that costs."""
         self.unwritable = True
         self.log(f"cannot save the checkpoint in {self.directory} ({_reason(error)}); the scan goes on, "
                  "but an interruption from now on loses its work")
@@ -203,19 +197,6 @@ class ScanCheckpoint:
         self.log(f"checkpoint file {path.name} is unusable ({_reason(error)}); recomputing its part")
         path.unlink(missing_ok=True)
 
-    def _write_text(self, path: Path, text: str) -> None:
-        tmp = self._temp()
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    def _temp(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
-        os.close(fd)
-        return Path(name)
 
 
 class RunCheckpoint:
@@ -404,9 +385,10 @@ def _chunk_results(tensors: dict[str, Tensor], body: dict[str, Any], images: Ten
         for j, cand in enumerate(entry["candidates"]):
             prefix = f"{label}.{j}."
             trigger = _trigger(cand["trigger"], tensors, prefix)
-            result = trigger_result(str(cand["method"]), images[index].clone(), int(cand["target"]), trigger,
-                                    tensors[prefix + "loss"], tensors[prefix + "target_prob"], dict(cand["config"]),
-                                    float(cand["seconds"]), dict(cand["extras"]))
+            found = Found(trigger, tensors[prefix + "loss"], tensors[prefix + "target_prob"], dict(cand["config"]),
+                          dict(cand["extras"]))
+            result = inversion_result(str(cand["method"]), images[index], int(cand["target"]), found,
+                                      float(cand["seconds"]))
             eps = None if cand["eps"] is None else float(cand["eps"])
             candidates[eps] = Evidence(result, float(cand["asr"]), {int(k): float(v) for k, v in cand["asr_by_source"]})
         results.append(ClassResult(label, index, [_run_record(run) for run in entry["runs"]], candidates))

@@ -1,9 +1,10 @@
 """Backdoor scan from one clean image: a perturbation toward every class, its transfer ASR,
 a score per class and a verdict (see decision.py for the rule).
 
-For SmoothInv every (class, ε, σ) is one row of a single batched descent, so all classes
-and noise copies share each forward pass; rows whose target probability saturates stop
-costing compute. Other methods run once per class.
+Every (class, grid point) is one row of the method's many-row entry point
+(`Inverter.invert_rows`): SmoothInv runs them as one batched descent, so all classes and noise
+copies share each forward pass and saturated rows stop costing compute; other methods run one
+batch per grid point. The scan knows methods only through that contract.
 
 The time budget bounds the whole scan (noise probe, synthesis and evaluation; see
 budget.py). A checkpoint (checkpoint.py) saves the work as it goes, so that a killed scan,
@@ -24,12 +25,13 @@ from torch import Tensor, nn
 from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import hits_by_source, predict, triggered_hits
 from ..engine.pgd import DescentCheckpoint
-from ..engine.sweep import PAPER_EPS, Grid, ProgressHook, eps_scale, grid_options
 from ..errors import SmoothInvError
-from ..methods.base import InversionResult, additive_results, get_method, method_class, method_options
-from ..methods.smoothinv import SmoothInv
+from ..methods.base import InversionResult, RowControl
+from ..methods.registry import MethodSpec, method_spec
+from ..methods.eps import PAPER_EPS, eps_scale
+from ..protocols.sweep import Grid, ProgressHook, grid_options
 from .budget import BudgetExhausted, TimeBudget, evaluation_calls
-from .decision import DecisionRule, class_scores, flagged
+from .decision import DecisionRule, class_scores, describe_small_outliers, flagged, small_outliers
 from .noise_sink import NoiseSink, probe_noise_sink
 
 if TYPE_CHECKING:
@@ -52,24 +54,32 @@ def scan_eps(shape: Sequence[int]) -> tuple[float, ...]:
     return tuple(round(base * m, 4) for m in EPS_MULTIPLIERS)
 
 
+SCAN_METHOD = method_spec("smoothinv", steps=200, noise_samples=8)
+"""The scan's default method: SmoothInv with fewer steps and noise copies than the paper's
+inversion (docs/benchmarks.md, Reductions made for the CPU)."""
+
+
 @dataclass(frozen=True)
 class ScanSettings:
-    method: str = "smoothinv"
+    """method: the inversion method and its configuration (grid axes are overridden per row);
+    eps, sigmas: the grid (eps None: the paper's ε=5 scaled to the input × EPS_MULTIPLIERS);
+    stop_prob: a row whose target probability reaches it stops (methods that can);
+    time_budget: seconds the whole scan may take (noise probe, synthesis, evaluation,
+    fallback rerun); max_batch: images per forward pass when measuring transfer and probing;
+    probe_samples: noise copies per image of the noise-sink probe; rule: the transfer
+    verdict (decision.py); fallback_sigmas, pinned_asr: the rerun when noise pins G."""
+
+    method: MethodSpec = SCAN_METHOD
     eps: tuple[float, ...] | None = None
     sigmas: tuple[float, ...] = SCAN_SIGMAS
-    noise_samples: int = 8
-    steps: int = 200
     stop_prob: float | None = 0.99
     time_budget: float | None = None
-    """Seconds the whole scan may take (noise probe, synthesis, evaluation, fallback rerun)."""
     max_batch: int = 256
+    probe_samples: int = 8
     seed: int = 0
     rule: DecisionRule = DecisionRule()
     fallback_sigmas: tuple[float, ...] = FALLBACK_SIGMAS
     pinned_asr: float = PINNED_ASR
-
-    def options(self) -> dict[str, Any]:
-        return {"steps": self.steps, "noise_samples": self.noise_samples, "max_batch": self.max_batch}
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class ScanResult:
     image_predictions: list[int]
     seconds: dict[str, float]
     timed_out: bool
+    rule: str = ""
+    """The rule the verdict came from, in words."""
     fallback_from: dict[str, Any] | None = None
     """Set when this result comes from the fallback σ: the first grid's σ and highest ASR."""
 
@@ -218,15 +230,16 @@ def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor,
     eps = tuple(settings.eps) if settings.eps else scan_eps(stack.shape[1:])
     sink = None
     sigmas: tuple[float, ...] = ()
-    if "sigma" in method_class(settings.method).grid_axes:
+    inverter = settings.method.build()
+    if "sigma" in inverter.grid_axes:
         sigmas = tuple(settings.sigmas)
         sink = _probe(model, clean_images, settings, budget, saved)
     probe_s = time.perf_counter() - start
     budget.calibrate(model, clean_images, settings.max_batch)
     grid = Grid(eps, sigmas or (0.0,))
-    configs = len(grid_options(settings.method, grid))
+    configs = len(grid_options(settings.method.name, grid))
     chunks = class_chunks(list(chosen), settings, grid, stack.shape[1:])
-    label = f"scan {settings.method}"
+    label = f"scan {settings.method.name}"
     results: list[ClassResult] = []
     synth_s = eval_s = 0.0
     timed_out = False
@@ -242,7 +255,7 @@ def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor,
             skipped.update({c: NOT_SYNTHESISED for c in chunk})
             timed_out = True
             continue
-        descent = None if saved is None else _resumable(saved, index, len(chunks), settings.steps, label, progress)
+        descent = None if saved is None else _resumable(saved, index, len(chunks), inverter.total_steps(), label, progress)
         begin = time.perf_counter()
         runs, chunk_timed_out = _synthesise(budget.guard(model, synth_deadline), stack, {c: chosen[c] for c in chunk},
                                             grid, settings, synth_deadline, progress, descent)
@@ -261,24 +274,39 @@ def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor,
     if not results:
         raise budget.exhausted("before any class was synthesised and evaluated")
 
+    rule = _decide(results, eps, settings.rule, type(inverter).anomaly_statistic)
+    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
+               "total_s": round(time.perf_counter() - start, 3)}
+    return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out), rule)
+
+
+def _decide(results: list[ClassResult], eps: tuple[float, ...], rule: DecisionRule, statistic: str | None) -> str:
+    """Score and flag every class, keep its evidence; returns the rule in words. Classes are judged
+    by the transfer of their triggers (decision.class_scores), or, for a method that names an
+    `anomaly_statistic`, by Neural Cleanse's small-outlier test on that statistic."""
     by_eps = torch.tensor([_asr_by_eps(cr, eps) for cr in results])
-    scores = class_scores(by_eps, settings.rule)
-    hits = set(flagged(scores.score, settings.rule))
+    scores = class_scores(by_eps, rule)
     for i, cr in enumerate(results):
         cr.asr_by_eps = [round(float(v), 6) for v in by_eps[i]]
         cr.z_by_eps = [round(float(v), 4) for v in scores.z[i]]
-        cr.score = round(float(scores.score[i]), 4)
-        cr.flagged = i in hits
         cr.decide(eps[int(scores.at[i])] if by_eps.shape[1] > 1 else None)
-    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
-               "total_s": round(time.perf_counter() - start, 3)}
-    return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out))
+    if statistic is None:
+        hits = set(flagged(scores.score, rule))
+        for i, cr in enumerate(results):
+            cr.score, cr.flagged = round(float(scores.score[i]), 4), i in hits
+        return rule.describe()
+    assert all(cr.evidence is not None for cr in results)
+    outliers = small_outliers([float(cr.evidence.result.extras[statistic]) for cr in results])  # type: ignore[union-attr]
+    for i, cr in enumerate(results):
+        cr.score, cr.flagged = round(float(outliers.score[i]), 4), i in outliers.flagged
+    return describe_small_outliers(statistic)
+
 
 
 def class_chunks(labels: list[int], settings: ScanSettings, grid: Grid, shape: Sequence[int]) -> list[list[int]]:
     """Classes in groups whose rows (one per config) hold at most ROW_ELEMENTS image elements,
     so a 1000-class model at 224² is scanned in bounded memory; a small model is one group."""
-    configs = len(grid_options(settings.method, grid))
+    configs = len(grid_options(settings.method.name, grid))
     per_chunk = max(1, ROW_ELEMENTS // (configs * math.prod(shape)))
     return [labels[i : i + per_chunk] for i in range(0, len(labels), per_chunk)]
 
@@ -313,7 +341,7 @@ def _probe(model: nn.Module, clean_images: Tensor, settings: ScanSettings, budge
         return stored
     try:
         sink = probe_noise_sink(budget.guard(model), clean_images, settings.sigmas,
-                                noise_samples=settings.noise_samples, seed=settings.seed)
+                                noise_samples=settings.probe_samples, seed=settings.seed)
     except DeadlinePassed:
         raise budget.exhausted("during the noise-sink probe, before any class was synthesised") from None
     if saved is not None:
@@ -399,54 +427,24 @@ def _synthesise(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: G
 def _synthesise_rows(model: nn.Module, stack: Tensor, chosen: dict[int, int], grid: Grid, settings: ScanSettings,
                      deadline: float | None, progress: ProgressHook | None, descent: DescentFactory | None
                      ) -> tuple[dict[int, list[InversionResult]], bool]:
-    """_synthesise, which see."""
-    points = grid_options(settings.method, grid)
-    labels = list(chosen)
-    out: dict[int, list[InversionResult]] = {c: [] for c in labels}
-    inverter = get_method(settings.method, **method_options(settings.method, {**settings.options(), **points[0]}))
-    hook = None if progress is None else (lambda step, _l, _p: progress(f"scan {settings.method}", 1))
-    if isinstance(inverter, SmoothInv):
-        # one descent: rows = classes × grid points
-        rows = [(c, point) for c in labels for point in points]
-        images = stack[[chosen[c] for c, _ in rows]]
-        targets = torch.tensor([c for c, _ in rows])
-        eps = torch.tensor([float(point.get("eps", inverter.eps)) for _, point in rows])
-        sigma = torch.tensor([float(point.get("sigma", inverter.sigma)) for _, point in rows])
-        stopper = RowStopper(settings.stop_prob, deadline)
-        begin = time.perf_counter()
-        trace = inverter.descend_rows(model, images, targets, eps, sigma, seed=settings.seed, callback=hook,
-                                      stopper=stopper, checkpoint=None if descent is None else descent(stopper))
-        results = additive_results(inverter.name, images, targets, trace.perturbation, trace.loss, trace.target_prob,
-                                   inverter.config(), time.perf_counter() - begin)
-        for (c, point), result in zip(rows, results):
-            result.config.update(point)
-            if "sigma" not in point:
-                result.config["sigma"] = inverter.sigma
+    """_synthesise, which see: rows = classes × grid points, through `Inverter.invert_rows`."""
+    rows = [(c, point) for c in chosen for point in grid_options(settings.method.name, grid)]
+    hook = None if progress is None else (lambda step, _l, _p: progress(f"scan {settings.method.name}", 1))
+    outcome = settings.method.build().invert_rows(
+        model, stack[[chosen[c] for c, _ in rows]], torch.tensor([c for c, _ in rows]),
+        [settings.method.with_options(**point).config for _, point in rows], seed=settings.seed, callback=hook,
+        control=RowControl(settings.stop_prob, deadline, descent))
+    out: dict[int, list[InversionResult]] = {c: [] for c in chosen}
+    for (c, _), result in zip(rows, outcome.results):
+        if result is not None:
             out[c].append(result)
-        return out, stopper.timed_out
-    timed_out = False
-    for point in points:
-        if deadline is not None and time.perf_counter() > deadline:
-            timed_out = True
-            break
-        method = get_method(settings.method, **method_options(settings.method, {**settings.options(), **point}))
-        images = stack[[chosen[c] for c in labels]]
-        try:
-            batch = method.invert_batch(model, images, torch.tensor(labels), seed=settings.seed, callback=hook)
-        except DeadlinePassed:
-            timed_out = True
-            break
-        for c, result in zip(labels, batch):
-            out[c].append(result)
-    return out, timed_out
+    return out, outcome.timed_out
 
 
 def scan_steps(settings: ScanSettings, shape: Sequence[int], num_classes: int) -> int:
-    """Progress-bar length: SmoothInv is one descent per chunk of classes; other methods one
-    per grid point and chunk."""
+    """Progress-bar length: each chunk of classes makes the steps the method's many-row run makes."""
     eps = tuple(settings.eps) if settings.eps else scan_eps(shape)
     grid = Grid(eps, tuple(settings.sigmas))
-    points = grid_options(settings.method, grid)
+    configs = [settings.method.with_options(**point).config for point in grid_options(settings.method.name, grid)]
     chunks = len(class_chunks(list(range(num_classes)), settings, grid, shape))
-    inverter = get_method(settings.method, **method_options(settings.method, {**settings.options(), **points[0]}))
-    return inverter.total_steps() * chunks * (1 if isinstance(inverter, SmoothInv) else len(points))
+    return settings.method.build().rows_steps(configs) * chunks

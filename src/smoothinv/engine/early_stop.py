@@ -60,8 +60,8 @@ class RowStopper:
     stops only once its perturbation has also used its budget (‖x − origin‖ ≥ 0.99 ε):
     a class that G already favours before any step (a model's noise sink, often the
     backdoor target) must still descend, or its perturbation stays at zero.
-    Stopped rows report their last loss and probability and a zero gradient, which leaves
-    their perturbation unchanged under the paper's PGD.
+    Stopped rows report their last loss and probability and a zero gradient; a descent given
+    `active_rows` (engine.pgd.descend's `active`) also stops their momentum, so they do not move.
     Its state (which rows are active, their last loss and probability, whether it timed out)
     is checkpointable: `state_dict` / `load_state_dict` (engine.pgd.Stateful).
     """
@@ -95,6 +95,10 @@ class RowStopper:
         self._loss = state["loss"].to(device).clone()
         self._prob = state["prob"].to(device).clone()
         self.timed_out = bool(state["timed_out"].reshape(-1)[0])
+
+    def active_rows(self) -> Tensor | None:
+        """Rows [B] (bool) still descending; None before the first step."""
+        return None if self.active is None else self.active.clone()
 
     def wrap(self, rows_fn: RowsLossAndGrad, origin: Tensor | None = None, eps: Tensor | None = None) -> LossAndGrad:
         if origin is not None and self.active is None:

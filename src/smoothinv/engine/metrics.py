@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SmoothInvError
+from ..labels import eligible
 from ..triggers import Trigger
 from .logits import check_logits
 
@@ -46,14 +47,14 @@ def asr_by_source(
 
 def hits_by_source(hits: Tensor, labels: Tensor, target: int) -> dict[int, float]:
     """Split `triggered_hits` [M] by the true label of those M images: {source label: fraction}."""
-    others = labels[labels != target]
+    others = labels[eligible(labels, target)]
     return {int(s): float(hits[others == s].float().mean()) for s in others.unique()}
 
 
 def triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: Tensor, target: int,
                    batch_size: int = 256) -> Tensor:
     """[M] bool, for the M clean images not labelled `target`: does the triggered image go to `target`?"""
-    keep = labels != target
+    keep = eligible(labels, target)
     if not bool(keep.any()):
         raise SmoothInvError(
             f"the clean set has no image outside the target class {target}; ASR needs images of other classes"

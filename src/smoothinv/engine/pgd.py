@@ -181,6 +181,7 @@ def descend(
     *,
     checkpoint: DescentCheckpoint | None = None,
     parts: Mapping[str, Stateful] | None = None,
+    active: Callable[[], Tensor | None] | None = None,
 ) -> PGDTrace:
     """Minimise loss(x + p) over ‖p‖₂ ≤ eps, x + p ∈ [0,1], starting from p = 0.
 
@@ -192,6 +193,9 @@ def descend(
     its state whenever the checkpoint says it is due; `parts` (the loss function's noise
     generator, its RowStopper) are saved and restored with it. A resumed descent makes the
     same updates as one never stopped, so its result is the same bit for bit.
+
+    `active`, called after each loss evaluation, gives the rows [B] (bool) still descending
+    (a RowStopper's); the others do not move, whatever the optimizer (their velocity is zeroed).
     """
     parts = dict(parts or {})
     p = torch.zeros_like(x)
@@ -207,7 +211,7 @@ def descend(
     boundary = [_Boundary.at(first, p, velocity, parts, len(losses))] if checkpoint is not None else None
     try:
         p = _descend_from(first, loss_and_grad, x, p, velocity, eps, settings, callback, checkpoint, parts,
-                          losses, probs, boundary)
+                          losses, probs, boundary, active)
     except KeyboardInterrupt:
         if checkpoint is not None and boundary is not None and boundary[0].step > first:
             checkpoint.save(boundary[0].state(losses, probs, settings, x))  # Ctrl-C keeps the steps done
@@ -242,7 +246,7 @@ class _Boundary:
 def _descend_from(first: int, loss_and_grad: LossAndGrad, x: Tensor, p: Tensor, velocity: Tensor, eps: Tensor,
                   settings: PGDSettings, callback: StepCallback | None, checkpoint: DescentCheckpoint | None,
                   parts: Mapping[str, Stateful], losses: list[Tensor], probs: list[Tensor],
-                  boundary: list[_Boundary] | None) -> Tensor:
+                  boundary: list[_Boundary] | None, active: Callable[[], Tensor | None] | None = None) -> Tensor:
     """`descend`'s loop from step `first`: appends to losses/probs, returns the final p, and keeps
     `boundary[0]` at the start of the step in progress."""
     for step in range(first, settings.steps + 1):
@@ -255,16 +259,21 @@ def _descend_from(first: int, loss_and_grad: LossAndGrad, x: Tensor, p: Tensor, 
         if not bool(torch.isfinite(loss).all()):
             raise SmoothInvError(
                 f"the loss became NaN/inf at step {step}: the model returns non-finite "
-                "outputs for these inputs; check the model file and --mean/--std"
+                "outputs for these inputs; check the model file and its mean/std normalisation"
             )
         losses.append(loss.detach())
         probs.append(prob.detach())
         if step == settings.steps:
             break
         direction = normalize_l2(grad)
+        moving = None if active is None else active()
         if settings.optimizer == "momentum":
             velocity = settings.momentum * velocity + direction
+            if moving is not None:
+                velocity = velocity * moving.view(-1, 1, 1, 1).to(velocity.dtype)
             direction = velocity
+        elif moving is not None:
+            direction = direction * moving.view(-1, 1, 1, 1).to(direction.dtype)
         rate = settings.learning_rate(step, eps).view(-1, 1, 1, 1)
         p = p - rate * direction
         p = (x + p).clamp(0.0, 1.0) - x

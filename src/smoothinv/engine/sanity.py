@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SmoothInvError
+from ..labels import eligible
 from ..triggers import Trigger
 from .metrics import model_device
 from .smoothing import SmoothedClassifier
@@ -52,9 +53,7 @@ def sanity_table(
     smoothed = SmoothedClassifier(model, noise_samples)
     triggered = None
     if trigger is not None and target is not None:
-        attacked = labels != target
-        if source_classes is not None:
-            attacked &= torch.isin(labels, torch.tensor(list(source_classes), dtype=labels.dtype))
+        attacked = eligible(labels, target, source_classes)
         if not bool(attacked.any()):
             which = "" if source_classes is None else f" among the source classes {sorted(source_classes)}"
             raise SmoothInvError(f"the clean set has no image outside the target class {target}{which}, so the "

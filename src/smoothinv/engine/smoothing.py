@@ -9,7 +9,7 @@ classifier, G averages probabilities, so it is differentiable and can be optimis
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from .logits import check_logits
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """T(noisy images [M,C,H,W], their σ [M]) → images [M,C,H,W]."""
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+"""One generator for all rows, one per row (row b's noise from generators[b]), or None (global RNG)."""
+
 
 class SmoothedClassifier:
     """G(x) for a batch of images, each row with its own σ.
@@ -26,9 +29,12 @@ class SmoothedClassifier:
     Rows are independent: row b uses σ_b and its own noise, so one batch can hold
     several (image, target, σ) configurations. The N noisy copies of all rows are pushed
     through f in chunks of at most `max_batch` images, which bounds memory for large
-    inputs. Chunks are merged exactly; the noise itself is drawn chunk by chunk, so a
-    given seed reproduces a result bit for bit at the same `max_batch`, and in
-    distribution at another.
+    inputs. Chunks are merged exactly.
+
+    Noise comes from a `generator`: one torch.Generator draws each chunk's noise in turn (a
+    result then depends on `max_batch` and on the other rows), or a sequence of generators,
+    one per row, each drawing that row's N copies at once (row b's noise is then the same
+    whatever `max_batch` is and whichever rows share the batch).
     """
 
     def __init__(
@@ -49,21 +55,22 @@ class SmoothedClassifier:
         # With σ = 0 every copy is identical; one suffices.
         return self.num_samples if bool((sigma > 0).any()) else 1
 
-    def _noisy_logits(self, x: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
-        """x: [M,C,H,W], sigma: [M] → logits [M,K] of f(T(x + σδ))."""
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def _noisy_logits(self, x: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+        """x: [M,C,H,W], sigma: [M], noise δ [M,C,H,W] → logits [M,K] of f(T(x + σδ))."""
         noisy = x + noise * sigma.view(-1, 1, 1, 1)
         if self.denoiser is not None:
             noisy = self.denoiser(noisy, sigma)
         return check_logits(self.base(noisy), x.shape[0], "smoothing")
 
-    def _chunks(self, x: Tensor, sigma: Tensor):
-        """Yield (row index [m], images [m,C,H,W], σ [m]) over the N copies of every row."""
+    def _chunks(self, x: Tensor, sigma: Tensor, generator: Generators):
+        """Yield (row index [m], images [m,C,H,W], σ [m], noise [m,C,H,W]) over the N copies of
+        every row."""
         copies = self._copies(sigma)
         rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(copies)
+        noise = _ChunkNoise(x, copies, generator)
         for start in range(0, rows.numel(), self.max_batch):
             idx = rows[start : start + self.max_batch]
-            yield idx, x[idx], sigma[idx]
+            yield idx, x[idx], sigma[idx], noise.take(idx)
 
     @staticmethod
     def _as_sigma(sigma: float | Tensor, rows: int, like: Tensor) -> Tensor:
@@ -71,14 +78,12 @@ class SmoothedClassifier:
         return s.expand(rows).contiguous() if s.dim() == 0 else s
 
     @torch.no_grad()
-    def probs(
-        self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def probs(self, x: Tensor, sigma: float | Tensor, generator: Generators = None) -> Tensor:
         """G(x): x [B,C,H,W], σ scalar or [B] → class probabilities [B,K]."""
         sigma = self._as_sigma(sigma, x.shape[0], x)
         total: Tensor | None = None
-        for idx, xs, ss in self._chunks(x, sigma):
-            p = torch.softmax(self._noisy_logits(xs, ss, generator), dim=1)
+        for idx, xs, ss, noise in self._chunks(x, sigma, generator):
+            p = torch.softmax(self._noisy_logits(xs, ss, noise), dim=1)
             if total is None:
                 total = torch.zeros(x.shape[0], p.shape[1], device=x.device, dtype=p.dtype)
             total.index_add_(0, idx, p)
@@ -90,7 +95,7 @@ class SmoothedClassifier:
         x: Tensor,
         targets: Tensor,
         sigma: float | Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """−log G(x)_y per row and its gradient w.r.t. x, memory-bounded and stable.
 
@@ -106,9 +111,9 @@ class SmoothedClassifier:
         run_max = torch.full((rows,), -torch.inf, device=x.device, dtype=x.dtype)
         weight_sum = torch.zeros(rows, device=x.device, dtype=x.dtype)
         grad = torch.zeros_like(x)
-        for idx, xs, ss in self._chunks(x.detach(), sigma):
+        for idx, xs, ss, noise in self._chunks(x.detach(), sigma, generator):
             xs = xs.requires_grad_(True)
-            logp = torch.log_softmax(self._noisy_logits(xs, ss, generator), dim=1)
+            logp = torch.log_softmax(self._noisy_logits(xs, ss, noise), dim=1)
             ell = logp.gather(1, targets[idx].view(-1, 1)).squeeze(1)
             chunk_max = torch.full_like(run_max, -torch.inf)
             chunk_max.scatter_reduce_(0, idx, ell.detach(), reduce="amax")
@@ -130,3 +135,41 @@ class SmoothedClassifier:
 def _rescale(old: Tensor, new: Tensor) -> Tensor:
     """exp(old − new), with 0 where a row has not been seen yet (old = −inf)."""
     return torch.where(torch.isinf(old), torch.zeros_like(old), torch.exp(old - new))
+
+
+class _ChunkNoise:
+    """The noise of each chunk of noisy copies. With one generator (or none) a chunk's noise is
+    drawn at once; with one generator per row, row b's N copies are drawn together from
+    generators[b] when its first copy is needed, and handed out over the chunks it spans."""
+
+    def __init__(self, x: Tensor, copies: int, generator: Generators) -> None:
+        self.x = x
+        self.copies = copies
+        self.generator = generator
+        self.per_row = generator is not None and not isinstance(generator, torch.Generator)
+        if self.per_row and len(generator) != x.shape[0]:  # type: ignore[arg-type]
+            raise ValueError(f"expected one generator per row: {len(generator)} for {x.shape[0]} rows")  # type: ignore[arg-type]
+        self._row = -1
+        self._drawn: Tensor | None = None
+        self._used = 0
+
+    def take(self, idx: Tensor) -> Tensor:
+        """Noise [m,C,H,W] for the copies of rows idx [m] (sorted, continuing the last chunk)."""
+        shape = (idx.numel(), *self.x.shape[1:])
+        if not self.per_row:
+            return torch.randn(shape, generator=self.generator, device=self.x.device, dtype=self.x.dtype)  # type: ignore[arg-type]
+        parts = []
+        for row, count in zip(*torch.unique_consecutive(idx, return_counts=True)):
+            parts.append(self._row_noise(int(row), int(count)))
+        return torch.cat(parts)
+
+    def _row_noise(self, row: int, count: int) -> Tensor:
+        if row != self._row:
+            generator = self.generator[row]  # type: ignore[index]
+            self._drawn = torch.randn((self.copies, *self.x.shape[1:]), generator=generator, device=self.x.device,
+                                      dtype=self.x.dtype)
+            self._row, self._used = row, 0
+        assert self._drawn is not None
+        out = self._drawn[self._used : self._used + count]
+        self._used += count
+        return out

@@ -1,12 +1,16 @@
-"""Inversion methods, all with one call shape (`Inverter.invert`)."""
+"""Inversion methods, all with one call shape (`Inverter.invert`) and one typed configuration each."""
 
-from .base import InversionResult, Inverter, get_method, list_methods, register_method
-from .neural_cleanse import NeuralCleanse, mad_anomaly_index, nc_flagged
-from .pixelinv import PixelInv
-from .smoothinv import PlainAdv, SmoothInv
-from .topoprior import TopoPrior, persistence_0d, topological_loss
+from .base import Found, InversionResult, Inverter, RowControl, RowsOutcome
+from .config import MethodConfig
+from .neural_cleanse import NeuralCleanse, NeuralCleanseConfig
+from .pixelinv import PixelInv, PixelInvConfig
+from .registry import MethodSpec, get_method, list_methods, method_spec, register_method
+from .smoothinv import PlainAdv, PlainAdvConfig, SmoothInv, SmoothInvConfig
+from .topoprior import TopoPrior, TopoPriorConfig, persistence_0d, topological_loss
 
 __all__ = [
-    "InversionResult", "Inverter", "NeuralCleanse", "PixelInv", "PlainAdv", "SmoothInv", "get_method", "list_methods",
-    "TopoPrior", "mad_anomaly_index", "nc_flagged", "persistence_0d", "register_method", "topological_loss",
+    "Found", "InversionResult", "Inverter", "MethodConfig", "MethodSpec", "NeuralCleanse", "NeuralCleanseConfig",
+    "PixelInv", "PixelInvConfig", "PlainAdv", "PlainAdvConfig", "RowControl", "RowsOutcome", "SmoothInv",
+    "SmoothInvConfig", "TopoPrior", "TopoPriorConfig", "get_method", "list_methods", "method_spec",
+    "persistence_0d", "register_method", "topological_loss",
 ]

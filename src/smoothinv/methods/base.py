@@ -1,30 +1,40 @@
-"""The call shape every inversion method shares.
+"""The contract every inversion method honours (a template method, as torchattacks' `Attack`).
 
     method = get_method("smoothinv", eps=1.0, sigma=0.25)
     result = method.invert(model, image, target, seed=0)
     asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target)
 
-Methods are configured in their constructor and are stateless across calls; `invert`
-takes a [0,1] image [C,H,W] and a target class and returns an `InversionResult`.
-`invert_batch` does the same for several (image, target) rows at once.
+`Inverter` owns the work around each method: it checks the inputs against the model, puts the
+model in eval mode and restores it, gives every row its own random generator, times the run
+and packages `InversionResult`s. A method implements only its optimisation (`_optimise`: one
+configuration, a batch of rows). `invert_rows` runs many rows with a configuration each (what
+a scan over classes × configurations needs); its default groups rows by configuration, and a
+method that can run different configurations in one batch (SmoothInv) overrides it.
+
+Row independence: row b draws its noise or random start only from its own generator, seeded
+with the run's seed. A row's result is therefore the same alone as in any batch (up to float
+rounding), and the scan's choice of classes cannot change another class's result.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import model_device
-from ..engine.pgd import StepCallback
+from ..engine.pgd import DescentCheckpoint, StepCallback
 from ..errors import SmoothInvError
-from ..triggers import AdditiveTrigger, Trigger
+from ..triggers import Trigger
+from .config import MethodConfig
+
+C = TypeVar("C", bound=MethodConfig)
 
 
 @dataclass
@@ -32,7 +42,7 @@ class InversionResult:
     """One synthesised trigger.
 
     image, synthesized: [C,H,W] in [0,1]; loss, target_prob: [steps+1] (before each
-    step, then at the end); config: the method's parameters; seconds: wall time.
+    step, then at the end); config: the method's resolved options; seconds: wall time.
     """
 
     method: str
@@ -68,136 +78,188 @@ class InversionResult:
         }
 
 
-class Inverter(ABC):
-    """An inversion method: synthesise a trigger toward a target class from clean images."""
+@dataclass
+class Found:
+    """What a method's optimisation found for one row (the contract packages it).
 
-    name: str = ""
-    grid_axes: tuple[str, ...] = ()
-    """Constructor options the paper's protocol sweeps over (see engine.sweep)."""
+    loss, target_prob: [steps+1]; config: the options it ran with, resolved (JSON-ready)."""
+
+    trigger: Trigger
+    loss: Tensor
+    target_prob: Tensor
+    config: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RowControl:
+    """How a caller steers a many-row run (`Inverter.invert_rows`).
+
+    stop_prob: a row whose target probability reaches it may stop early (methods that cannot
+    stop rows ignore it); deadline: a time.perf_counter() value after which no new work starts
+    (rows not reached get no result); checkpoint: the descent checkpoint of a method that can
+    resume its run, given the run's RowStopper."""
+
+    stop_prob: float | None = None
+    deadline: float | None = None
+    checkpoint: Callable[[RowStopper], DescentCheckpoint] | None = None
+
+    def passed(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+@dataclass
+class RowsOutcome:
+    """One result per row (None: the deadline came first), and whether it cut the run short."""
+
+    results: list[InversionResult | None]
+    timed_out: bool = False
+
+
+
+class Inverter(ABC, Generic[C]):
+    """An inversion method: synthesise a trigger toward a target class from clean images.
+
+    Built from its typed configuration (`Config`), or from keyword options that make one:
+    `SmoothInv(eps=1.0)` is `SmoothInv(SmoothInvConfig(eps=1.0))`.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]]
+    grid_axes: ClassVar[tuple[str, ...]] = ()
+    """Options the paper's protocol sweeps over (see protocols.sweep)."""
+    anomaly_statistic: ClassVar[str | None] = None
+    """An extras key whose abnormally SMALL value flags a class (Neural Cleanse's mask norm);
+    None: classes are judged by the transfer of their trigger (detection.decision)."""
+
+    def __init__(self, config: C | None = None, /, *, name: str | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise SmoothInvError("give a configuration or options, not both")
+        self.name = name or type(self).name
+        self.config: C = config if config is not None else self.Config.build(options, self.name)  # type: ignore[assignment]
+        if not isinstance(self.config, self.Config):
+            raise SmoothInvError(f"method {self.name!r} takes a {self.Config.__name__}, "
+                                 f"not a {type(self.config).__name__}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    # ----------------------------------------------------------------------- what a method defines
 
     @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The method's parameters, JSON-ready."""
+    def _optimise(self, model: nn.Module, x: Tensor, y: Tensor, config: C, generators: list[torch.Generator],
+                  callback: StepCallback | None) -> list[Found]:
+        """Rows x [B,C,H,W] in [0,1] (on the model's device), targets y [B] → one Found per row.
 
-    @abstractmethod
-    def invert_batch(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> list[InversionResult]:
-        """images [B,C,H,W] in [0,1], targets [B] → one result per row."""
+        The model is in eval mode; row b draws randomness only from generators[b]."""
 
-    def invert(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        target: int,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> InversionResult:
+    def describe(self, config: C | None = None) -> dict[str, Any]:
+        """The options of a run, JSON-ready, as its results record them."""
+        return (config or self.config).to_dict()
+
+    # ----------------------------------------------------------------------- the contract
+
+    def invert(self, model: nn.Module, image: Tensor, target: int, *, seed: int = 0,
+               callback: StepCallback | None = None) -> InversionResult:
         """image [C,H,W] in [0,1] → the trigger synthesised toward `target`."""
-        if image.dim() != 3:
-            raise SmoothInvError(f"expected one image [C,H,W], got shape {list(image.shape)}")
-        targets = torch.tensor([target], dtype=torch.long)
-        return self.invert_batch(model, image[None], targets, seed=seed, callback=callback)[0]
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise SmoothInvError(f"expected one image [C,H,W], got {shape}")
+        return self.invert_batch(model, image[None], torch.tensor([target]), seed=seed, callback=callback)[0]
+
+    def invert_batch(self, model: nn.Module, images: Tensor, targets: Tensor, *, seed: int = 0,
+                     callback: StepCallback | None = None) -> list[InversionResult]:
+        """images [B,C,H,W] in [0,1], targets [B] → one result per row, all at this configuration."""
+        outcome = self.invert_rows(model, images, targets, None, seed=seed, callback=callback)
+        return [r for r in outcome.results if r is not None]
+
+    def invert_rows(self, model: nn.Module, images: Tensor, targets: Tensor, configs: Sequence[C] | None = None, *,
+                    seed: int = 0, callback: StepCallback | None = None, control: RowControl | None = None
+                    ) -> RowsOutcome:
+        """Like `invert_batch`, with row b run at configs[b] (default: this method's configuration)."""
+        was_training = model.training
+        model.eval()
+        try:
+            x, y = prepare_batch(model, images, targets)
+            configs = self._row_configs(configs, x.shape[0])
+            start = time.perf_counter()
+            found, timed_out = self._run_rows(model, x, y, configs, seed, callback, control or RowControl())
+        finally:
+            model.train(was_training)
+        seconds = (time.perf_counter() - start) / x.shape[0]
+        results = [None if f is None else inversion_result(self.name, images[i], int(targets[i]), f, seconds)
+                   for i, f in enumerate(found)]
+        return RowsOutcome(results, timed_out)
+
+    def rows_steps(self, configs: Sequence[C]) -> int:
+        """Optimisation steps `invert_rows` makes for rows at `configs` (for progress bars)."""
+        return sum(c.steps for c in _distinct(configs))  # type: ignore[attr-defined]
 
     def total_steps(self) -> int:
-        """Number of optimisation steps one call makes (for progress bars)."""
-        return int(self.config().get("steps", 0))
+        """Optimisation steps one call makes at this configuration."""
+        return int(self.config.steps)  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------------------- overridable parts
+
+    def _run_rows(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[C], seed: int,
+                  callback: StepCallback | None, control: RowControl) -> tuple[list[Found | None], bool]:
+        """(a Found per row, None where the deadline came first; whether it did). The default runs
+        one batch per distinct configuration, in order, and starts none after the deadline."""
+        found: list[Found | None] = [None] * x.shape[0]
+        for config in _distinct(configs):
+            if control.passed():
+                return found, True
+            rows = [i for i, c in enumerate(configs) if c == config]
+            try:
+                batch = self._optimise(model, x[rows], y[rows], config, row_generators(seed, len(rows), x.device),
+                                       callback)
+            except DeadlinePassed:
+                return found, True
+            for i, f in zip(rows, batch):
+                found[i] = f
+        return found, False
+
+    def _row_configs(self, configs: Sequence[C] | None, rows: int) -> list[C]:
+        if configs is None:
+            return [self.config] * rows
+        configs = list(configs)
+        if len(configs) != rows:
+            raise SmoothInvError(f"expected one configuration per row: {len(configs)} for {rows} rows")
+        for c in configs:
+            if not isinstance(c, self.Config):
+                raise SmoothInvError(f"method {self.name!r} takes {self.Config.__name__} rows, not {type(c).__name__}")
+        return configs
 
 
-def trigger_result(
-    name: str,
-    image: Tensor,
-    target: int | Tensor,
-    trigger: Trigger,
-    loss: Tensor,
-    target_prob: Tensor,
-    config: dict[str, Any],
-    seconds: float,
-    extras: dict[str, Any] | None = None,
-) -> InversionResult:
-    """The result for one image [C,H,W]: its synthesized image is `trigger` applied to it."""
-    image = image.detach().cpu()
-    return InversionResult(
-        method=name,
-        target=int(target),
-        image=image,
-        synthesized=trigger.apply(image[None])[0],
-        trigger=trigger,
-        loss=loss,
-        target_prob=target_prob,
-        config=dict(config),
-        seconds=seconds,
-        extras={} if extras is None else extras,
-    )
+def _distinct(configs: Sequence[C]) -> list[C]:
+    """configs without repeats, in order of first appearance."""
+    out: list[C] = []
+    for c in configs:
+        if c not in out:
+            out.append(c)
+    return out
 
 
-def additive_results(
-    name: str,
-    images: Tensor,
-    targets: Tensor,
-    perturbations: Tensor,
-    loss: Tensor,
-    target_prob: Tensor,
-    config: dict[str, Any],
-    seconds: float,
-) -> list[InversionResult]:
-    """Split a batched additive descent (p [B,C,H,W], curves [steps+1,B]) into results.
-
-    Each result owns copies of its rows: a view would keep the whole batch alive."""
-    b = images.shape[0]
-    return [
-        trigger_result(name, images[i].clone(), targets[i], AdditiveTrigger(perturbations[i].detach().cpu().clone()),
-                       loss[:, i].cpu().clone(), target_prob[:, i].cpu().clone(), config, seconds / b)
-        for i in range(b)
-    ]
+def inversion_result(method: str, image: Tensor, target: int, found: Found, seconds: float) -> InversionResult:
+    """The result for one image [C,H,W]; it owns copies of its tensors (a view would keep the
+    whole batch alive)."""
+    image = image.detach().cpu().to(torch.float32).clone()
+    return InversionResult(method=method, target=target, image=image,
+                           synthesized=found.trigger.apply(image[None])[0], trigger=found.trigger,
+                           loss=found.loss.detach().cpu().clone(), target_prob=found.target_prob.detach().cpu().clone(),
+                           config=dict(found.config), seconds=seconds, extras=found.extras)
 
 
-_METHODS: dict[str, tuple[type[Inverter], dict[str, Any], str]] = {}
+def row_generators(seed: int, rows: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per row on `device`, each seeded with `seed`: a row draws the same numbers
+    whichever rows share its batch."""
+    return [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
 
 
-def register_method(name: str, description: str, **fixed: Any) -> Callable[[type[Inverter]], type[Inverter]]:
-    """Register an Inverter class under `name`; `fixed` options define that name
-    (e.g. "momentum" = SmoothInv with optimizer="momentum") and override the caller's."""
-
-    def decorate(cls: type[Inverter]) -> type[Inverter]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = (cls, fixed, description)
-        return cls
-
-    return decorate
-
-
-def method_class(name: str) -> type[Inverter]:
-    """The Inverter class registered as `name`."""
-    if name not in _METHODS:
-        raise SmoothInvError(f"unknown method {name!r}; choose from: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name][0]
-
-
-def method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `options` that method `name`'s constructor takes (shared CLI settings
-    such as noise_samples mean nothing to a method without noise)."""
-    accepted = inspect.signature(method_class(name).__init__).parameters
-    return {k: v for k, v in options.items() if k in accepted}
-
-
-def get_method(name: str, **options: Any) -> Inverter:
-    """Build the method registered as `name` with its options."""
-    cls, fixed, _ = _METHODS[name] if name in _METHODS else (method_class(name), {}, "")
-    return cls(**{**options, **fixed})
-
-
-def list_methods() -> dict[str, str]:
-    """{name: description} of every registered method."""
-    return {name: desc for name, (_, _, desc) in sorted(_METHODS.items())}
+def draw_rows(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device,
+              sampler: Callable[..., Tensor] = torch.randn) -> Tensor:
+    """[B, *shape] with row b drawn from generators[b] (`sampler`: torch.randn or torch.rand)."""
+    return torch.stack([sampler(tuple(shape), generator=g, device=device) for g in generators])
 
 
 def check_inputs(images: Tensor, targets: Tensor | None = None) -> None:
@@ -205,21 +267,14 @@ def check_inputs(images: Tensor, targets: Tensor | None = None) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise SmoothInvError(f"expected images [B,C,H,W] with B >= 1, got {shape}")
-    if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+    if images.is_complex() or not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
         raise SmoothInvError("image values must be finite and in [0,1]; convert with smoothinv.data.load_image")
-    if targets is not None and (targets.dim() != 1 or targets.shape[0] != images.shape[0]):
-        raise SmoothInvError(
-            f"expected one target per image: targets shape {list(targets.shape)} for {images.shape[0]} images"
-        )
-
-
-def non_finite_loss(step: int | None = None) -> SmoothInvError:
-    """The error for a loss that became NaN/inf (at `step`, if given): the model's outputs are at fault."""
-    at = "" if step is None else f" at step {step}"
-    return SmoothInvError(
-        f"the loss became NaN/inf{at}: the model returns non-finite outputs for these inputs; "
-        "check the model file and --mean/--std"
-    )
+    if targets is not None and (not isinstance(targets, Tensor) or targets.dim() != 1
+                                or targets.shape[0] != images.shape[0]):
+        shape = list(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise SmoothInvError(f"expected one target per image: targets {shape} for {images.shape[0]} images")
+    if targets is not None and (targets.is_floating_point() or targets.is_complex()):
+        raise SmoothInvError(f"targets must be integer class indices (got {targets.dtype})")
 
 
 def check_target(targets: Tensor, num_classes: int) -> None:
@@ -234,6 +289,7 @@ def check_target(targets: Tensor, num_classes: int) -> None:
 def prepare_batch(model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Check a batch and its targets against the model; return them on the model's device
     (images float32, targets long)."""
+    targets = torch.as_tensor(targets)
     check_inputs(images, targets)
     device = model_device(model)
     x = images.to(device=device, dtype=torch.float32)
@@ -243,19 +299,10 @@ def prepare_batch(model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Te
     return x, y
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """`value` as an int; it must be an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise SmoothInvError(f"{name} must be an integer >= 1 (got {value!r})")
-    return int(value)
-
-
-def check_positive_float(name: str, value: Any) -> float:
-    """`value` as a float; it must be a finite number > 0."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise SmoothInvError(f"{name} must be a number (got {value!r})") from None
-    if not (math.isfinite(v) and v > 0):
-        raise SmoothInvError(f"{name} must be finite and > 0 (got {value!r})")
-    return v
+def non_finite_loss(step: int | None = None) -> SmoothInvError:
+    """The error for a loss that became NaN/inf (at `step`, if given): the model's outputs are at fault."""
+    at = "" if step is None else f" at step {step}"
+    return SmoothInvError(
+        f"the loss became NaN/inf{at}: the model returns non-finite outputs for these inputs; "
+        "check the model file and its normalisation"
+    )

@@ -7,8 +7,8 @@ stamped as x' = (1 − m) ⊙ x + m ⊙ p, and minimises
 
 with Adam, through unconstrained variables m = (tanh(m') + 1)/2, p = (tanh(p') + 1)/2.
 λ follows the authors' adaptive schedule, and the smallest successful mask seen is kept.
-Per-class mask norms are compared with the MAD outlier test (`mad_anomaly_index`,
-`nc_flagged`): a class whose mask is abnormally SMALL is flagged as backdoored.
+Per-class mask norms are compared with the MAD outlier test (detection.decision.small_outliers):
+a class whose mask is abnormally SMALL is flagged as backdoored.
 
 Defaults and their sources (public reference code, github.com/bolunwang/backdoor):
 
@@ -54,20 +54,16 @@ force when it was selected (else the final λ). extras carry the CE, ‖m‖₁ 
 
 from __future__ import annotations
 
-import math
-import statistics
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger, Trigger
-from .adaptive import ADAM_BETAS, AdaptiveCostInverter, seeded_uniform
-from .base import register_method
-
-MAD_CONSISTENCY = 1.4826
-ANOMALY_THRESHOLD = 2.0
+from .adaptive import ADAM_BETAS, AdaptiveCostConfig, AdaptiveCostInverter, uniform_rows
+from .config import one_of
+from .registry import register_method
 
 
 def to_tanh_space(values: Tensor) -> Tensor:
@@ -79,100 +75,53 @@ def from_tanh_space(w: Tensor) -> Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
-# --------------------------------------------------------------------------- MAD outlier test
+@dataclass(frozen=True)
+class NeuralCleanseConfig(AdaptiveCostConfig):
+    """AdaptiveCostConfig's options plus reset_cost_to_zero: start λ at 0 (the reference's
+    default) instead of init_cost."""
+
+    reset_cost_to_zero: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "reset_cost_to_zero", (True, False))
 
 
-def mad_anomaly_index(values: Sequence[float]) -> list[float]:
-    """Anomaly index of each value: |v − median| / (1.4826 · median(|v − median|)).
-
-    With a zero MAD (more than half the values equal the median) a value equal to the
-    median has index 0 and any other value index +inf.
-    """
-    vals = [float(v) for v in values]
-    if not vals:
-        raise SmoothInvError("the MAD anomaly index needs at least one value")
-    if not all(math.isfinite(v) for v in vals):
-        raise SmoothInvError(f"the MAD anomaly index needs finite values (got {vals})")
-    median = statistics.median(vals)
-    deviations = [abs(v - median) for v in vals]
-    mad = MAD_CONSISTENCY * statistics.median(deviations)
-    if mad == 0:
-        return [0.0 if d == 0 else math.inf for d in deviations]
-    return [d / mad for d in deviations]
-
-
-def nc_flagged(mask_norms: Sequence[float], threshold: float = ANOMALY_THRESHOLD) -> list[int]:
-    """Indices (classes) Neural Cleanse flags: mask norm below the median with anomaly
-    index > threshold (2), smallest norm first."""
-    norms = [float(v) for v in mask_norms]
-    index = mad_anomaly_index(norms)
-    median = statistics.median(norms)
-    flagged = [i for i, (v, a) in enumerate(zip(norms, index)) if v < median and a > threshold]
-    return sorted(flagged, key=lambda i: (norms[i], i))
-
-
-# --------------------------------------------------------------------------- the method
-
-
-class NeuralCleanse(AdaptiveCostInverter):
-    """Neural Cleanse's mask/pattern trigger reverse-engineering on single images.
-
-    steps: Adam updates per call; lr: Adam learning rate; init_cost: λ once the attack
-    first succeeds; patience: consecutive successful (failed) steps before λ goes up
-    (down); cost_multiplier: λ's up factor (down factor = cost_multiplier^1.5);
-    reset_cost_to_zero: start λ at 0 (reference default) instead of init_cost.
-    """
+class NeuralCleanse(AdaptiveCostInverter[NeuralCleanseConfig]):
+    """Neural Cleanse's mask/pattern trigger reverse-engineering on single images."""
 
     name = "nc"
-    grid_axes = ()
+    Config = NeuralCleanseConfig
+    anomaly_statistic = "mask_l1"
     penalty_name = "mask_l1"
     penalty_curve = "mask_l1_curve"
 
-    def __init__(
-        self,
-        steps: int = 500,
-        lr: float = 0.1,
-        init_cost: float = 1e-3,
-        patience: int = 10,
-        cost_multiplier: float = 1.5,
-        reset_cost_to_zero: bool = True,
-    ) -> None:
-        super().__init__(steps, lr, init_cost, patience, cost_multiplier)
-        if not isinstance(reset_cost_to_zero, bool):
-            raise SmoothInvError(f"reset_cost_to_zero must be true or false (got {reset_cost_to_zero!r})")
-        self.reset_cost_to_zero = reset_cost_to_zero
+    def cost_starts_at_zero(self, config: NeuralCleanseConfig) -> bool:
+        return config.reset_cost_to_zero
 
-    @property
-    def cost_starts_at_zero(self) -> bool:
-        return self.reset_cost_to_zero
+    def describe(self, config: NeuralCleanseConfig | None = None) -> dict[str, Any]:
+        config = config or self.config
+        return {"steps": config.steps, "lr": config.lr, "betas": list(ADAM_BETAS), **config.schedule(),
+                "reset_cost_to_zero": config.reset_cost_to_zero, "regularization": "l1"}
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "lr": self.lr,
-            "betas": list(ADAM_BETAS),
-            **self.schedule_config(),
-            "reset_cost_to_zero": self.reset_cost_to_zero,
-            "regularization": "l1",
-        }
-
-    def _start(self, x: Tensor, seed: int) -> list[Tensor]:
+    def _start(self, x: Tensor, config: NeuralCleanseConfig, generators: list[torch.Generator]) -> list[Tensor]:
         """Mask [B,1,H,W] and pattern [B,C,H,W] uniform in [0,1], in tanh space."""
-        b, c, h, w = x.shape
-        mask0, pattern0 = seeded_uniform(b, [(1, h, w), (c, h, w)], seed, x.device)
+        _, c, h, w = x.shape
+        mask0, pattern0 = uniform_rows(generators, [(1, h, w), (c, h, w)], x.device)
         return [to_tanh_space(mask0), to_tanh_space(pattern0)]
 
-    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor],
+                 config: NeuralCleanseConfig) -> tuple[Tensor, Tensor]:
         """Logits of (1 − m) ⊙ x + m ⊙ p, and the L1 norm of the mask."""
         mask, pattern = from_tanh_space(variables[0]), from_tanh_space(variables[1])
         logits = model((1 - mask) * x + mask * pattern)
         return logits, mask.flatten(1).sum(1)
 
-    def _candidate(self, variables: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _candidate(self, variables: list[Tensor], config: NeuralCleanseConfig) -> tuple[list[Tensor], list[Tensor]]:
         """The current mask and pattern; the smallest successful mask L1 is the only criterion."""
         return variables, []
 
-    def _triggers(self, variables: list[Tensor]) -> list[tuple[Trigger, dict[str, Any]]]:
+    def _triggers(self, variables: list[Tensor], config: NeuralCleanseConfig) -> list[tuple[Trigger, dict[str, Any]]]:
         masks, patterns = from_tanh_space(variables[0]), from_tanh_space(variables[1])
         out: list[tuple[Trigger, dict[str, Any]]] = []
         for mask, pattern in zip(masks, patterns):

@@ -64,15 +64,16 @@ was selected (else the final λ). extras carry the CE, penalty and λ curves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import SmoothInvError
 from ..triggers import AdditiveTrigger, Trigger
-from .adaptive import ADAM_BETAS, AdaptiveCostInverter, seeded_uniform
-from .base import check_positive_float, register_method
+from .adaptive import ADAM_BETAS, AdaptiveCostConfig, AdaptiveCostInverter, uniform_rows
+from .config import bounded_float
+from .registry import register_method
 
 PRUNE_THRESHOLD = 1.0 / 255.0
 PENALTY_TEMPERATURE = 10.0
@@ -92,68 +93,57 @@ def pixel_count(delta: Tensor) -> Tensor:
     return (delta.abs().sum(1) > 0).flatten(1).sum(1)
 
 
-class PixelInv(AdaptiveCostInverter):
-    """PixelBackdoor's mask-free trigger inversion on single images.
+@dataclass(frozen=True)
+class PixelInvConfig(AdaptiveCostConfig):
+    """AdaptiveCostConfig's options plus bound: the largest change of one pixel channel (l∞
+    bound of δ, in [0,1] units)."""
 
-    steps: Adam updates per call; lr: Adam learning rate; bound: largest change of one
-    pixel channel (l∞ bound of δ, in [0,1] units); init_cost: initial weight λ of the size
-    penalty; patience: consecutive successful (failed) steps before λ goes up (down);
-    cost_multiplier: λ's up factor (down factor = cost_multiplier^1.5).
-    """
+    bound: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bounded_float(self, "bound", 0.0, 1.0)
+
+
+class PixelInv(AdaptiveCostInverter[PixelInvConfig]):
+    """PixelBackdoor's mask-free trigger inversion on single images."""
 
     name = "pixelinv"
-    grid_axes = ()
+    Config = PixelInvConfig
     penalty_name = "size_penalty"
     penalty_curve = "size_curve"
     write_back_best = True
 
-    def __init__(
-        self,
-        steps: int = 500,
-        lr: float = 0.1,
-        bound: float = 1.0,
-        init_cost: float = 1e-3,
-        patience: int = 10,
-        cost_multiplier: float = 1.5,
-    ) -> None:
-        super().__init__(steps, lr, init_cost, patience, cost_multiplier)
-        self.bound = check_positive_float("bound", bound)
-        if self.bound > 1:
-            raise SmoothInvError(f"bound must be in (0, 1] (got {bound!r}): pixels live in [0,1]")
+    def describe(self, config: PixelInvConfig | None = None) -> dict[str, Any]:
+        config = config or self.config
+        return {"steps": config.steps, "lr": config.lr, "betas": list(ADAM_BETAS), "bound": config.bound,
+                **config.schedule(), "prune_threshold": PRUNE_THRESHOLD}
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "lr": self.lr,
-            "betas": list(ADAM_BETAS),
-            "bound": self.bound,
-            **self.schedule_config(),
-            "prune_threshold": PRUNE_THRESHOLD,
-        }
-
-    def _parts(self, u_pos: Tensor, u_neg: Tensor) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _parts(u_pos: Tensor, u_neg: Tensor, config: PixelInvConfig) -> tuple[Tensor, Tensor]:
         """The positive and negative parts b·clip(u, 0, 1) of δ."""
-        return self.bound * u_pos.clamp(0.0, 1.0), self.bound * u_neg.clamp(0.0, 1.0)
+        return config.bound * u_pos.clamp(0.0, 1.0), config.bound * u_neg.clamp(0.0, 1.0)
 
-    def _start(self, x: Tensor, seed: int) -> list[Tensor]:
+    def _start(self, x: Tensor, config: PixelInvConfig, generators: list[torch.Generator]) -> list[Tensor]:
         """u⁺ and u⁻ [B,C,H,W] uniform in [0,1]."""
-        return seeded_uniform(x.shape[0], [tuple(x.shape[1:])] * 2, seed, x.device)
+        return uniform_rows(generators, [tuple(x.shape[1:])] * 2, x.device)
 
-    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _forward(self, model: nn.Module, x: Tensor, variables: list[Tensor],
+                 config: PixelInvConfig) -> tuple[Tensor, Tensor]:
         """Logits of clamp(x + δ, 0, 1), and the smooth pixel count of δ."""
-        p_pos, p_neg = self._parts(*variables)
+        p_pos, p_neg = self._parts(*variables, config)
         logits = model((x + p_pos - p_neg).clamp(0.0, 1.0))
         return logits, size_penalty(*variables)
 
-    def _candidate(self, variables: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _candidate(self, variables: list[Tensor], config: PixelInvConfig) -> tuple[list[Tensor], list[Tensor]]:
         """δ's parts with changes below 1/255 zeroed (as u⁺, u⁻); it must also change fewer pixels."""
-        p_pos, p_neg = self._parts(*variables)
+        p_pos, p_neg = self._parts(*variables, config)
         p_pos = torch.where(p_pos < PRUNE_THRESHOLD, torch.zeros_like(p_pos), p_pos)
         p_neg = torch.where(p_neg < PRUNE_THRESHOLD, torch.zeros_like(p_neg), p_neg)
-        return [p_pos / self.bound, p_neg / self.bound], [pixel_count(p_pos - p_neg)]
+        return [p_pos / config.bound, p_neg / config.bound], [pixel_count(p_pos - p_neg)]
 
-    def _triggers(self, variables: list[Tensor]) -> list[tuple[Trigger, dict[str, Any]]]:
-        p_pos, p_neg = self._parts(*variables)
+    def _triggers(self, variables: list[Tensor], config: PixelInvConfig) -> list[tuple[Trigger, dict[str, Any]]]:
+        p_pos, p_neg = self._parts(*variables, config)
         deltas = p_pos - p_neg
         sizes = pixel_count(deltas)
         out: list[tuple[Trigger, dict[str, Any]]] = []

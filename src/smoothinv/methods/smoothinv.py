@@ -4,147 +4,218 @@ SmoothInv minimises −log G(x+p)_{y_t} over ‖p‖₂ ≤ ε, where G is the s
 classifier (engine.smoothing). Because G is robust, the gradient steps that lower the
 loss most are the ones that paint the backdoor's pattern, not adversarial noise.
 PlainAdv runs the same descent on the base classifier f (σ = 0, one copy).
+
+An unset `eps` is the paper's ε = 5 scaled to the input size (methods.eps.scaled_eps).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..engine.early_stop import RowStopper
-from ..engine.pgd import DescentCheckpoint, GeneratorPart, Optimizer, PGDSettings, PGDTrace, StepCallback, Stateful, descend
+from ..engine.pgd import DescentCheckpoint, PGDSettings, PGDTrace, StepCallback, Stateful, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
-from ..errors import SmoothInvError
-from .base import InversionResult, Inverter, additive_results, prepare_batch, register_method
+from ..triggers import AdditiveTrigger
+from .base import Found, Inverter, RowControl, row_generators
+from .config import MethodConfig, bounded_float, non_negative_float, one_of, positive_float, positive_int
+from .eps import scaled_eps
+from .registry import register_method
+
+@dataclass(frozen=True)
+class PlainAdvConfig(MethodConfig):
+    """eps: l2 bound of p (absolute; None: the paper's ε = 5 scaled to the input, `scaled_eps`);
+    steps, step_fraction (α = step_fraction·ε), optimizer: the descent (engine.pgd);
+    max_batch: images per forward pass (a memory bound)."""
+
+    eps: float | None = None
+    steps: int = 400
+    step_fraction: float = 0.05
+    optimizer: str = "pgd"
+    max_batch: int = 256
+
+    sigma: ClassVar[float] = 0.0
+    noise_samples: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.eps is not None:
+            positive_float(self, "eps")
+        positive_int(self, "steps")
+        bounded_float(self, "step_fraction", 0.0, 1.0)
+        one_of(self, "optimizer", ("pgd", "momentum"))
+        positive_int(self, "max_batch")
+
+    def descent(self) -> PGDSettings:
+        return PGDSettings(steps=self.steps, step_fraction=self.step_fraction, optimizer=self.optimizer)  # type: ignore[arg-type]
 
 
-class SmoothInv(Inverter):
+@dataclass(frozen=True)
+class SmoothInvConfig(MethodConfig):
+    """PlainAdvConfig's options plus sigma: the smoothing noise σ; noise_samples: N copies per step."""
+
+    eps: float | None = None
+    sigma: float = 0.25  # type: ignore[misc]
+    noise_samples: int = 10  # type: ignore[misc]
+    steps: int = 400
+    step_fraction: float = 0.05
+    optimizer: str = "pgd"
+    max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        PlainAdvConfig.__post_init__(self)  # type: ignore[arg-type]
+        non_negative_float(self, "sigma")
+        positive_int(self, "noise_samples")
+
+    descent = PlainAdvConfig.descent
+
+
+AnyConfig = SmoothInvConfig | PlainAdvConfig
+
+
+class SmoothInv(Inverter[SmoothInvConfig]):
     """Synthesise an additive backdoor perturbation on the smoothed classifier.
 
-    eps: l2 bound of p (absolute, for this input size); sigma: smoothing noise σ;
-    noise_samples: N copies per step; denoiser: T in G (None = identity, the paper's
-    best variant); max_batch: images per forward pass (memory bound).
+    `denoiser` is T in G (None = identity, the paper's best variant). Rows that differ only in
+    eps and sigma run as one batched descent (`invert_rows`), so a scan's classes × grid points
+    share every forward pass.
     """
 
     name = "smoothinv"
+    Config = SmoothInvConfig
     grid_axes = ("eps", "sigma")
 
-    def __init__(
-        self,
-        eps: float,
-        sigma: float = 0.25,
-        noise_samples: int = 10,
-        steps: int = 400,
-        step_fraction: float = 0.05,
-        optimizer: Optimizer = "pgd",
-        denoiser: Denoiser | None = None,
-        max_batch: int = 256,
-    ) -> None:
-        if eps <= 0:
-            raise SmoothInvError(f"eps must be > 0 (got {eps})")
-        if sigma < 0:
-            raise SmoothInvError(f"sigma must be >= 0 (got {sigma})")
-        if noise_samples < 1:
-            raise SmoothInvError(f"noise samples must be >= 1 (got {noise_samples})")
-        if max_batch < 1:
-            raise SmoothInvError(f"max batch must be >= 1 (got {max_batch})")
-        if not (math.isfinite(eps) and math.isfinite(sigma)):
-            raise SmoothInvError(f"eps and sigma must be finite (got eps={eps}, sigma={sigma})")
-        self.eps = float(eps)
-        self.sigma = float(sigma)
-        self.noise_samples = int(noise_samples)
-        self.settings = PGDSettings(steps=steps, step_fraction=step_fraction, optimizer=optimizer)
+    def __init__(self, config: SmoothInvConfig | None = None, /, *, name: str | None = None,
+                 denoiser: Denoiser | None = None, **options: Any) -> None:
+        super().__init__(config, name=name, **options)
         self.denoiser = denoiser
-        self.max_batch = max_batch
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "eps": self.eps,
-            "sigma": self.sigma,
-            "noise_samples": self.noise_samples if self.sigma > 0 else 1,
-            "steps": self.settings.steps,
-            "step_size": self.settings.step_fraction * self.eps,
-            "optimizer": self.settings.optimizer,
-            "denoiser": None if self.denoiser is None else getattr(self.denoiser, "name", type(self.denoiser).__name__),
+    def describe(self, config: AnyConfig | None = None, shape: Sequence[int] | None = None) -> dict[str, Any]:
+        config = config or self.config
+        eps = config.eps if config.eps is not None or shape is None else scaled_eps(shape)
+        out = {
+            "eps": eps,
+            "sigma": config.sigma,
+            "noise_samples": config.noise_samples if config.sigma > 0 else 1,
+            "steps": config.steps,
+            "step_size": None if eps is None else config.step_fraction * eps,
+            "optimizer": config.optimizer,
         }
+        if isinstance(config, SmoothInvConfig):
+            out["denoiser"] = None if self.denoiser is None else getattr(self.denoiser, "name",
+                                                                          type(self.denoiser).__name__)
+        return out
 
-    def invert_batch(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> list[InversionResult]:
-        rows = images.shape[0]
-        start = time.perf_counter()
-        trace = self.descend_rows(model, images, targets, torch.full((rows,), self.eps), torch.full((rows,), self.sigma),
-                                  seed=seed, callback=callback)
-        return additive_results(self.name, images, targets, trace.perturbation, trace.loss, trace.target_prob,
-                                self.config(), time.perf_counter() - start)
+    def rows_steps(self, configs: Sequence[AnyConfig]) -> int:  # type: ignore[override]
+        return sum(c.steps for c in _descents(configs))
 
-    def descend_rows(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        eps: Tensor,
-        sigma: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-        stopper: RowStopper | None = None,
-        checkpoint: DescentCheckpoint | None = None,
-    ) -> PGDTrace:
-        """The descent with a per-row ε [B] and σ [B], so a whole grid × classes runs as one batch.
+    def _optimise(self, model: nn.Module, x: Tensor, y: Tensor, config: AnyConfig, generators: list[torch.Generator],
+                  callback: StepCallback | None) -> list[Found]:
+        found, _ = self._descend(model, x, y, [config] * x.shape[0], generators, callback, RowControl(), checkpoint=False)
+        return found
 
-        A `stopper` skips rows whose target probability has saturated and honours a deadline.
-        A `checkpoint` saves the descent now and then and resumes a saved one bit for bit (it
-        carries the noise generator's and the stopper's state too; see engine.pgd.descend).
-        """
-        x, y = prepare_batch(model, images, targets)
-        device = x.device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        smoothed = SmoothedClassifier(model, self.noise_samples, self.denoiser, self.max_batch)
-        sigma = sigma.to(device=device, dtype=torch.float32)
+    def _run_rows(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[AnyConfig],  # type: ignore[override]
+                  seed: int, callback: StepCallback | None, control: RowControl) -> tuple[list[Found | None], bool]:
+        """One descent per group of rows that differ only in eps and sigma (a scan: one group)."""
+        groups = _descents(configs)
+        found: list[Found | None] = [None] * x.shape[0]
+        timed_out = False
+        for shared in groups:
+            if control.passed():
+                return found, True
+            rows = [i for i, c in enumerate(configs) if _shared(c) == shared]
+            batch, cut = self._descend(model, x[rows], y[rows], [configs[i] for i in rows],
+                                       row_generators(seed, len(rows), x.device), callback, control,
+                                       checkpoint=len(groups) == 1)
+            for i, f in zip(rows, batch):
+                found[i] = f
+            timed_out |= cut
+        return found, timed_out
+
+    def _descend(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[AnyConfig],
+                 generators: list[torch.Generator], callback: StepCallback | None, control: RowControl, *,
+                 checkpoint: bool) -> tuple[list[Found], bool]:
+        """One batched descent (rows share every option but eps and sigma): (a Found per row,
+        whether the deadline stopped it)."""
+        shape = tuple(x.shape[1:])
+        eps = torch.tensor([c.eps if c.eps is not None else scaled_eps(shape) for c in configs], device=x.device)
+        sigma = torch.tensor([float(c.sigma) for c in configs], device=x.device)
+        stopper = RowStopper(control.stop_prob, control.deadline)
+        saved = control.checkpoint(stopper) if checkpoint and control.checkpoint is not None else None
+        trace = self.descend_rows(model, x, y, eps, sigma, configs[0], generators, callback, stopper, saved)
+        found = [Found(AdditiveTrigger(trace.perturbation[i].detach().cpu().clone()), trace.loss[:, i],
+                       trace.target_prob[:, i], self.describe(configs[i], shape)) for i in range(x.shape[0])]
+        return found, stopper.timed_out
+
+    def descend_rows(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, sigma: Tensor, config: AnyConfig,
+                     generators: list[torch.Generator], callback: StepCallback | None = None,
+                     stopper: RowStopper | None = None, checkpoint: DescentCheckpoint | None = None) -> PGDTrace:
+        """The descent of rows x [B,C,H,W] toward y [B] with a per-row ε [B] and σ [B].
+
+        Row b's noise comes from generators[b]. A `stopper` freezes rows whose target
+        probability has saturated and honours a deadline; a `checkpoint` saves the descent now
+        and then and resumes a saved one bit for bit (engine.pgd.descend)."""
+        smoothed = SmoothedClassifier(model, config.noise_samples, self.denoiser, config.max_batch)
+        sigma = sigma.to(device=x.device, dtype=torch.float32)
 
         def rows_loss_and_grad(x_rows: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return smoothed.loss_and_grad(x_rows, y[rows], sigma[rows], generator)
+            return smoothed.loss_and_grad(x_rows, y[rows], sigma[rows], [generators[int(r)] for r in rows])
 
-        everything = torch.arange(x.shape[0], device=device)
-        eps = eps.to(device=device, dtype=torch.float32)
+        everything = torch.arange(x.shape[0], device=x.device)
+        eps = eps.to(device=x.device, dtype=torch.float32)
         loss_and_grad = (stopper.wrap(rows_loss_and_grad, origin=x, eps=eps) if stopper
                          else (lambda x_adv: rows_loss_and_grad(x_adv, everything)))
-        parts: dict[str, Stateful] = {"noise": GeneratorPart(generator)}
+        parts: dict[str, Stateful] = {"noise": RowGenerators(generators)}
         if stopper is not None:
             parts["stopper"] = stopper
-        return descend(loss_and_grad, x, eps, self.settings, callback, checkpoint=checkpoint, parts=parts)
+        return descend(loss_and_grad, x, eps, config.descent(), callback, checkpoint=checkpoint, parts=parts,
+                       active=None if stopper is None else stopper.active_rows)
 
 
 class PlainAdv(SmoothInv):
     """The paper's ablation: SmoothInv's descent on the base classifier (no noise)."""
 
     name = "plainadv"
+    Config = PlainAdvConfig  # type: ignore[assignment]
     grid_axes = ("eps",)
 
-    def __init__(self, eps: float, steps: int = 400, step_fraction: float = 0.05, optimizer: Optimizer = "pgd",
-                 max_batch: int = 256) -> None:
-        super().__init__(eps, sigma=0.0, noise_samples=1, steps=steps, step_fraction=step_fraction, optimizer=optimizer,
-                         max_batch=max_batch)
 
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["denoiser"]
-        return cfg
+class RowGenerators:
+    """One generator per row as a checkpointable part (engine.pgd.Stateful): states [B, L] bytes."""
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"states": torch.stack([g.get_state() for g in self.generators])}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for g, s in zip(self.generators, state["states"]):
+            g.set_state(s.clone())
 
 
-register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)")(SmoothInv)
-register_method("pgd", "alias of smoothinv")(SmoothInv)
+def _shared(config: AnyConfig) -> AnyConfig:
+    """The options rows must share to run in one descent (eps and sigma may differ)."""
+    if isinstance(config, SmoothInvConfig):
+        return replace(config, eps=None, sigma=0.0)
+    return replace(config, eps=None)
+
+
+def _descents(configs: Sequence[AnyConfig]) -> list[AnyConfig]:
+    """The distinct shared parts of `configs`, in order: one descent each."""
+    out: list[AnyConfig] = []
+    for c in configs:
+        if _shared(c) not in out:
+            out.append(_shared(c))
+    return out
+
+
+register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)", aliases=("pgd",))(SmoothInv)
 register_method("momentum", "SmoothInv as in the authors' released code (SGD momentum 0.9, step halved every 300 steps)",
                 optimizer="momentum")(SmoothInv)
 register_method("plainadv", "PlainAdv: the same descent on the base classifier, no smoothing")(PlainAdv)
+
+__all__ = ["PlainAdv", "PlainAdvConfig", "SmoothInv", "SmoothInvConfig"]

@@ -94,9 +94,9 @@ i.e. roughly 1 s a step and a few minutes per image for 200 steps with N_T = 3. 
 from __future__ import annotations
 
 import math
-import time
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -106,15 +106,9 @@ from torch import Tensor, nn
 from ..engine.pgd import StepCallback
 from ..errors import SmoothInvError
 from ..triggers import MaskedTrigger
-from .base import (
-    InversionResult,
-    Inverter,
-    check_positive_int,
-    non_finite_loss,
-    prepare_batch,
-    register_method,
-    trigger_result,
-)
+from .base import Found, Inverter, draw_rows, non_finite_loss
+from .config import MethodConfig, bounded_float, non_negative_float, one_of, positive_float, positive_int
+from .registry import register_method
 
 Diversity = Literal["l1", "cosine"]
 
@@ -240,96 +234,71 @@ def count_components(mask: Tensor, threshold: float = 0.5, connectivity: int = 8
 # --------------------------------------------------------------------------- method
 
 
-class TopoPrior(Inverter):
-    """Reverse-engineer a patch trigger with topological and diversity priors.
-
-    num_triggers: candidates optimised together (N_T); lambda_div / lambda_topo /
+@dataclass(frozen=True)
+class TopoPriorConfig(MethodConfig):
+    """num_triggers: candidates optimised together (N_T); lambda_div / lambda_topo /
     lambda_size: weights of the diversity, topological and mask-size terms; topo_k:
     components kept free of the topological penalty; connectivity: 4 or 8;
     diversity: "l1" or "cosine"; steps / lr: Adam on mask and pattern logits;
     mask_init / init_noise: initial mask value and logit noise; topo_start: fraction of
     the steps before the topological term is switched on; max_batch: images per
-    forward pass.
-    """
+    forward pass."""
+
+    num_triggers: int = 3
+    steps: int = 200
+    lr: float = 0.1
+    lambda_div: float = 1.0
+    lambda_topo: float = 10.0
+    lambda_size: float = 0.5
+    topo_k: int = 1
+    connectivity: int = 8
+    diversity: str = "l1"
+    mask_init: float = 0.1
+    init_noise: float = 0.5
+    topo_start: float = 0.0
+    max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("num_triggers", "steps", "max_batch"):
+            positive_int(self, name)
+        positive_int(self, "topo_k", minimum=0)
+        positive_float(self, "lr")
+        for name in ("lambda_div", "lambda_topo", "lambda_size", "init_noise"):
+            non_negative_float(self, name)
+        one_of(self, "connectivity", (4, 8))
+        one_of(self, "diversity", ("l1", "cosine"))
+        bounded_float(self, "mask_init", 0.0, 1.0, high_open=True)
+        bounded_float(self, "topo_start", 0.0, 1.0, low_open=False)
+
+
+class _Candidates(NamedTuple):
+    """The free variables of K candidates per row: mask logits [B,K,1,H,W], pattern logits [B,K,C,H,W]."""
+
+    mask_logits: Tensor
+    pattern_logits: Tensor
+
+
+class TopoPrior(Inverter[TopoPriorConfig]):
+    """Reverse-engineer a patch trigger with topological and diversity priors (module docstring)."""
 
     name = "topoprior"
-    grid_axes = ()
+    Config = TopoPriorConfig
 
-    def __init__(
-        self,
-        num_triggers: int = 3,
-        steps: int = 200,
-        lr: float = 0.1,
-        lambda_div: float = 1.0,
-        lambda_topo: float = 10.0,
-        lambda_size: float = 0.5,
-        topo_k: int = 1,
-        connectivity: int = 8,
-        diversity: Diversity = "l1",
-        mask_init: float = 0.1,
-        init_noise: float = 0.5,
-        topo_start: float = 0.0,
-        max_batch: int = 256,
-    ) -> None:
-        self.num_triggers = check_positive_int("number of triggers", num_triggers)
-        self.steps = check_positive_int("steps", steps)
-        self.max_batch = check_positive_int("max batch", max_batch)
-        if isinstance(topo_k, bool) or not isinstance(topo_k, (int, np.integer)) or topo_k < 0:
-            raise SmoothInvError(f"topo_k must be an integer >= 0 (got {topo_k!r})")
-        for label, value in (
-            ("lr", lr),
-            ("lambda_div", lambda_div),
-            ("lambda_topo", lambda_topo),
-            ("lambda_size", lambda_size),
-            ("init_noise", init_noise),
-        ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise SmoothInvError(f"{label} must be a finite number >= 0 (got {value!r})")
-        if lr <= 0:
-            raise SmoothInvError(f"lr must be > 0 (got {lr})")
-        if connectivity not in (4, 8):
-            raise SmoothInvError(f"connectivity must be 4 or 8 (got {connectivity!r})")
-        if diversity not in ("l1", "cosine"):
-            raise SmoothInvError(f"unknown diversity {diversity!r}; use l1 or cosine")
-        if not isinstance(mask_init, (int, float)) or not 0 < mask_init < 1:
-            raise SmoothInvError(f"mask_init must be strictly between 0 and 1 (got {mask_init!r})")
-        if not isinstance(topo_start, (int, float)) or not 0 <= topo_start <= 1:
-            raise SmoothInvError(f"topo_start must be a fraction in [0,1] (got {topo_start!r})")
-        self.lr = float(lr)
-        self.lambda_div = float(lambda_div)
-        self.lambda_topo = float(lambda_topo)
-        self.lambda_size = float(lambda_size)
-        self.topo_k = int(topo_k)
-        self.connectivity = int(connectivity)
-        self.diversity = diversity
-        self.mask_init = float(mask_init)
-        self.init_noise = float(init_noise)
-        self.topo_start = float(topo_start)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "num_triggers": self.num_triggers,
-            "steps": self.steps,
-            "lr": self.lr,
-            "optimizer": "adam",
-            "lambda_div": self.lambda_div,
-            "lambda_topo": self.lambda_topo,
-            "lambda_size": self.lambda_size,
-            "topo_k": self.topo_k,
-            "connectivity": self.connectivity,
-            "diversity": self.diversity,
-            "mask_init": self.mask_init,
-            "init_noise": self.init_noise,
-            "topo_start": self.topo_start,
-        }
+    def describe(self, config: TopoPriorConfig | None = None) -> dict[str, Any]:
+        out = (config or self.config).to_dict()
+        del out["max_batch"]
+        return {"num_triggers": out.pop("num_triggers"), "steps": out.pop("steps"), "lr": out.pop("lr"),
+                "optimizer": "adam", **out}
 
     # ----------------------------------------------------------------------- pieces
 
-    def _topo_terms(self, masks: Tensor) -> Tensor:
+    @staticmethod
+    def _topo_terms(masks: Tensor, config: TopoPriorConfig) -> Tensor:
         """L_topo of each mask [N,H,W] → [N]."""
-        return torch.stack([topological_loss(m, self.topo_k, self.connectivity) for m in masks])
+        return torch.stack([topological_loss(m, config.topo_k, config.connectivity) for m in masks])
 
-    def _diversity(self, masks: Tensor, patterns: Tensor) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _diversity(masks: Tensor, patterns: Tensor, config: TopoPriorConfig) -> tuple[Tensor, Tensor]:
         """(L_div [B], per-candidate share [B,K]) for masks [B,K,1,H,W], patterns [B,K,C,H,W].
 
         The shares average to L_div. With one candidate both are zero."""
@@ -338,7 +307,7 @@ class TopoPrior(Inverter):
             zero = masks.sum(dim=(2, 3, 4)) * 0.0
             return zero[:, 0], zero
         content = (masks * patterns).flatten(2)  # [B,K,D]
-        if self.diversity == "l1":
+        if config.diversity == "l1":
             dist = (content[:, :, None, :] - content[:, None, :, :]).abs().mean(-1)  # [B,K,K]
             pair = -dist
         else:
@@ -348,110 +317,87 @@ class TopoPrior(Inverter):
         share = (pair * off).sum(-1) / (k - 1)  # [B,K]
         return share.mean(1), share
 
-    def _forward(self, model: nn.Module, images: Tensor) -> Tensor:
-        outs = [model(images[i : i + self.max_batch]) for i in range(0, images.shape[0], self.max_batch)]
+    @staticmethod
+    def _start(x: Tensor, config: TopoPriorConfig, generators: list[torch.Generator]) -> _Candidates:
+        """Mask logits logit(mask_init) + N(0,1)·init_noise and pattern logits N(0,1); row b
+        draws its mask noise, then its pattern, from generators[b]."""
+        _, channels, h, w = x.shape
+        k = config.num_triggers
+        logit0 = math.log(config.mask_init / (1 - config.mask_init))
+        mask_noise = draw_rows(generators, (k, 1, h, w), x.device)  # each generator: its mask first,
+        patterns = draw_rows(generators, (k, channels, h, w), x.device)  # then its pattern
+        return _Candidates((logit0 + config.init_noise * mask_noise).requires_grad_(True),
+                           patterns.requires_grad_(True))
+
+    @staticmethod
+    def _logits(model: nn.Module, images: Tensor, config: TopoPriorConfig) -> Tensor:
+        outs = [model(images[i : i + config.max_batch]) for i in range(0, images.shape[0], config.max_batch)]
         return torch.cat(outs)
+
+    def _objective(self, model: nn.Module, x: Tensor, y: Tensor, cand: _Candidates, config: TopoPriorConfig,
+                   step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(objective per row [B], own loss per candidate [B,K], target probability [B,K])."""
+        bsz, channels, h, w = x.shape
+        k = config.num_triggers
+        masks, patterns = torch.sigmoid(cand.mask_logits), torch.sigmoid(cand.pattern_logits)
+        triggered = (1 - masks) * x[:, None] + masks * patterns
+        y_rep = y[:, None].expand(bsz, k).reshape(-1)
+        logits = self._logits(model, triggered.reshape(bsz * k, channels, h, w), config)
+        ce = F.cross_entropy(logits, y_rep, reduction="none").view(bsz, k)
+        prob = torch.softmax(logits.detach(), dim=-1).gather(1, y_rep[:, None]).view(bsz, k)
+        size = masks.mean(dim=(2, 3, 4))
+        topo_weight = config.lambda_topo if step >= math.ceil(config.topo_start * config.steps) else 0.0
+        topo = (self._topo_terms(masks.reshape(bsz * k, h, w), config).view(bsz, k) if topo_weight > 0
+                else torch.zeros_like(size))
+        own = ce + config.lambda_size * size + topo_weight * topo  # [B,K]
+        div, _ = self._diversity(masks, patterns, config)
+        total = own.mean(1) + config.lambda_div * div  # [B]
+        if not bool(torch.isfinite(total).all()):
+            raise non_finite_loss(step)
+        return total, own.detach(), prob
 
     # ----------------------------------------------------------------------- main
 
-    def invert_batch(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: Tensor,
-        *,
-        seed: int = 0,
-        callback: StepCallback | None = None,
-    ) -> list[InversionResult]:
-        targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        x, y = prepare_batch(model, images, targets)
-        device = x.device
-        bsz, channels, h, w = x.shape
-        k = self.num_triggers
-        generator = torch.Generator(device=device).manual_seed(seed)
-        start = time.perf_counter()
-
-        logit0 = math.log(self.mask_init / (1 - self.mask_init))
-        mask_logits = logit0 + self.init_noise * torch.randn(
-            bsz, k, 1, h, w, generator=generator, device=device
-        )
-        pattern_logits = torch.randn(bsz, k, channels, h, w, generator=generator, device=device)
-        mask_logits.requires_grad_(True)
-        pattern_logits.requires_grad_(True)
-        optimizer = torch.optim.Adam([mask_logits, pattern_logits], lr=self.lr)
-
-        x_rep = x[:, None].expand(bsz, k, channels, h, w)
-        y_rep = y[:, None].expand(bsz, k).reshape(-1)
-        topo_from = int(math.ceil(self.topo_start * self.steps))
+    def _optimise(self, model: nn.Module, x: Tensor, y: Tensor, config: TopoPriorConfig,
+                  generators: list[torch.Generator], callback: StepCallback | None) -> list[Found]:
+        cand = self._start(x, config, generators)
+        optimizer = torch.optim.Adam(list(cand), lr=config.lr)
         own_curve, prob_curve = [], []
-        was_training = model.training
-        model.eval()
-        try:
-            for step in range(self.steps + 1):
-                masks = torch.sigmoid(mask_logits)
-                patterns = torch.sigmoid(pattern_logits)
-                triggered = (1 - masks) * x_rep + masks * patterns
-                logits = self._forward(model, triggered.reshape(bsz * k, channels, h, w))
-                ce = F.cross_entropy(logits, y_rep, reduction="none").view(bsz, k)
-                prob = torch.softmax(logits.detach(), dim=-1).gather(1, y_rep[:, None]).view(bsz, k)
-                size = masks.mean(dim=(2, 3, 4))
-                topo_weight = self.lambda_topo if step >= topo_from else 0.0
-                if topo_weight > 0:
-                    topo = self._topo_terms(masks.reshape(bsz * k, h, w)).view(bsz, k)
-                else:
-                    topo = torch.zeros_like(size)
-                own = ce + self.lambda_size * size + topo_weight * topo  # [B,K]
-                div, _ = self._diversity(masks, patterns)
-                total = own.mean(1) + self.lambda_div * div  # [B]
-                if not bool(torch.isfinite(total).all()):
-                    raise non_finite_loss(step)
-                own_curve.append(own.detach())
-                prob_curve.append(prob)
-                if step == self.steps:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                total.sum().backward()
-                optimizer.step()
-                if callback is not None:
-                    callback(step, total.detach(), prob.max(dim=1).values)
-        finally:
-            model.train(was_training)
-        seconds = time.perf_counter() - start
+        for step in range(config.steps + 1):
+            total, own, prob = self._objective(model, x, y, cand, config, step)
+            own_curve.append(own)
+            prob_curve.append(prob)
+            if step == config.steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            total.sum().backward()
+            optimizer.step()
+            if callback is not None:
+                callback(step, total.detach(), prob.max(dim=1).values)
+        return self._package(cand, torch.stack(own_curve).cpu(), torch.stack(prob_curve).cpu(), config)
 
-        own_t = torch.stack(own_curve).cpu()  # [steps+1,B,K]
-        prob_t = torch.stack(prob_curve).cpu()
+    def _package(self, cand: _Candidates, own: Tensor, prob: Tensor, config: TopoPriorConfig) -> list[Found]:
+        """One Found per row: its lowest-own-loss candidate; own, prob: [steps+1,B,K]."""
         with torch.no_grad():
-            masks = torch.sigmoid(mask_logits).detach().cpu()
-            patterns = torch.sigmoid(pattern_logits).detach().cpu()
-            _, shares = self._diversity(masks, patterns)
-        config = self.config()
-        results = []
-        for b in range(bsz):
-            candidates = []
-            for i in range(k):
-                candidates.append(
-                    {
-                        "index": i,
-                        "trigger": MaskedTrigger(masks[b, i].clone(), patterns[b, i].clone()),
-                        "loss": float(own_t[-1, b, i]),
-                        "target_prob": float(prob_t[-1, b, i]),
-                        "components": count_components(masks[b, i], 0.5, self.connectivity),
-                        "mask_l1": float(masks[b, i].sum()),
-                        "diversity_share": float(shares[b, i]),
-                    }
-                )
-            best = min(range(k), key=lambda i: (candidates[i]["loss"], -candidates[i]["target_prob"], i))
+            masks = torch.sigmoid(cand.mask_logits).detach().cpu()
+            patterns = torch.sigmoid(cand.pattern_logits).detach().cpu()
+            _, shares = self._diversity(masks, patterns, config)
+        description = self.describe(config)
+        out = []
+        for b in range(masks.shape[0]):
+            candidates = [{"index": i, "trigger": MaskedTrigger(masks[b, i].clone(), patterns[b, i].clone()),
+                           "loss": float(own[-1, b, i]), "target_prob": float(prob[-1, b, i]),
+                           "components": count_components(masks[b, i], 0.5, config.connectivity),
+                           "mask_l1": float(masks[b, i].sum()), "diversity_share": float(shares[b, i])}
+                          for i in range(config.num_triggers)]
+            best = min(range(len(candidates)), key=lambda i: (candidates[i]["loss"], -candidates[i]["target_prob"], i))
             chosen = candidates[best]
-            extras = {
-                "candidate": best,
-                "components": chosen["components"],
-                "mask_l1": chosen["mask_l1"],
-                "candidate_target_probs": [c["target_prob"] for c in candidates],
-                "candidates": [c for c in candidates if c["index"] != best],
-            }
-            results.append(trigger_result(self.name, x[b], targets[b], chosen["trigger"], own_t[:, b, best].clone(),
-                                          prob_t[:, b, best].clone(), config, seconds / bsz, extras))
-        return results
+            extras = {"candidate": best, "components": chosen["components"], "mask_l1": chosen["mask_l1"],
+                      "candidate_target_probs": [c["target_prob"] for c in candidates],
+                      "candidates": [c for c in candidates if c["index"] != best]}
+            out.append(Found(chosen["trigger"], own[:, b, best].clone(), prob[:, b, best].clone(), description,
+                             extras))
+        return out
 
 
 register_method(

@@ -8,19 +8,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from smoothinv.models import register_model
+from smoothinv.models import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 
 class AlexNet(nn.Module):
     """Five convs with three max-pools, 6x6 adaptive average pool, 3-layer MLP.
 
-    Input [B, 3, 224, 224] -> logits [B, num_classes].
+    Input [B, channels, 224, 224] -> logits [B, num_classes].
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, channels: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.Conv2d(channels, 64, kernel_size=11, stride=4, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(64, 192, kernel_size=5, padding=2),
@@ -56,7 +56,10 @@ class AlexNet(nn.Module):
     channels=3,
     num_classes=1000,
     head="classifier.6.weight",
+    first_conv="features.0.weight",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     description="AlexNet (torchvision keys)",
 )
-def alexnet(num_classes: int) -> nn.Module:
-    return AlexNet(num_classes)
+def alexnet(*, num_classes: int, channels: int) -> nn.Module:
+    return AlexNet(num_classes, channels=channels)

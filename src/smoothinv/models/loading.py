@@ -4,7 +4,8 @@ load_model reads any supported format (see ``formats`` and the ``onnx`` subpacka
 running code from the file, unless the caller passes ``trust_code=True`` for the formats
 that carry code (pickled models, TorchScript). It rebuilds state_dicts into a registered
 architecture (see ``state_dicts``), merges settings from arguments, the file (safetensors
-metadata, an ONNX graph's input shape) and registry defaults, and returns a frozen
+metadata, an ONNX graph's input shape), the weights (classes, input channels) and registry
+defaults (input size, channels, and for rebuilt archs their normalisation), and returns a frozen
 eval-mode ``LoadedModel``. safetensors metadata may carry ``arch``, ``num_classes``,
 ``input_size`` ("H,W"), ``channels``, ``mean`` and ``std`` (comma-separated floats);
 save_model writes it. Every declared size is checked against the bounds below before
@@ -14,9 +15,8 @@ anything is allocated for it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from smoothinv.errors import SmoothInvError
+from smoothinv.files import atomic_path
 from smoothinv.models import ModelInfo, get_model_info, model_names
 from smoothinv.models.formats import (
     ONNX,
@@ -41,6 +42,7 @@ from smoothinv.models.timeout import PROBE_TIMEOUT_S, call_with_timeout
 from smoothinv.models.state_dicts import (
     arch_hint,
     as_state_dict,
+    infer_channels,
     infer_num_classes,
     load_state,
     unwrap_containers,
@@ -177,30 +179,31 @@ def load_model(
 ) -> LoadedModel:
     """Load a classifier from ``path`` in eval mode on ``device``, parameters frozen.
 
-    Arguments override the file's safetensors metadata, which overrides the arch's
-    registry defaults. State dicts need an arch (argument or metadata). With ``mean``
-    and ``std`` the module is wrapped in ``Normalize``. Pickled models and TorchScript
-    carry code that runs on load, so they are refused unless ``trust_code`` is True.
+    Arguments override the file's safetensors metadata, which overrides what the weights
+    show (classes from the head, input channels from the first conv), which overrides the
+    arch's registry defaults. State dicts need an arch (argument or metadata). With ``mean``
+    and ``std`` (given, in the metadata, or, for a state_dict, the arch's default such as
+    ImageNet's) the module is wrapped in ``Normalize``. Pickled models and TorchScript carry
+    code that runs on load, so they are refused unless ``trust_code`` is True.
     Every user-fixable problem raises SmoothInvError.
     """
     path = Path(path)
     torch_device = _parse_device(device)
     given = _given_hints(arch, num_classes, input_size, channels, mean, std)
     contents = _read_contents(path, given, trust_code)
-    hints = contents.hints
-    info = _arch_info(hints, given, path)
-    module, num_classes = contents.module, hints.num_classes
+    info = _arch_info(contents.hints, given, path)
     if contents.state is not None:
-        module, num_classes = _build_from_state(contents.state, info, num_classes, path)
-    assert module is not None
-    channels = hints.channels or (info.channels if info else None)
+        module, hints = _build_from_state(contents.state, info, contents.hints, path)
+    else:
+        assert contents.module is not None
+        module, hints = contents.module, contents.hints.or_else(_arch_shape(info))
     return LoadedModel(
-        module=_finalize(_normalized(module, hints, channels), torch_device),
+        module=_finalize(_normalized(module, hints), torch_device),
         format=contents.format,
         arch=info.name if info else None,
-        num_classes=num_classes,
-        input_size=hints.input_size or (info.input_size if info else None),
-        channels=channels,
+        num_classes=hints.num_classes,
+        input_size=hints.input_size,
+        channels=hints.channels,
         mean=hints.mean,
         std=hints.std,
     )
@@ -259,33 +262,55 @@ def _arch_info(hints: Hints, given: Hints, path: Path) -> ModelInfo | None:
     return get_model_info(hints.arch)
 
 
-def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, num_classes: int | None,
-                      path: Path) -> tuple[nn.Module, int]:
-    """(the architecture built and loaded with `state`, its number of classes)."""
+def _arch_shape(info: ModelInfo | None) -> Hints:
+    """The input size and channels an architecture takes by default (nothing without one)."""
+    if info is None:
+        return Hints()
+    return Hints(input_size=info.input_size, channels=info.channels)
+
+
+def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, hints: Hints,
+                      path: Path) -> tuple[nn.Module, Hints]:
+    """The architecture built to the shapes of `state` and loaded with it, and `hints` completed:
+    classes from the head, channels from the first conv, then the arch's defaults (mean/std
+    included, when neither is set)."""
     if info is None:
         raise SmoothInvError(
             f"{path.name} holds a state_dict, which needs --arch NAME; known: "
             f"{', '.join(model_names())}{arch_hint(state)}"
         )
-    if num_classes is None:
-        num_classes = check_num_classes(
-            infer_num_classes(state, info.head, info.num_classes),
-            f"the number of classes in {path.name}",
-        )
-    module = info.builder(num_classes)
+    num_classes = hints.num_classes or check_num_classes(
+        infer_num_classes(state, info.head, info.num_classes), f"the number of classes in {path.name}"
+    )
+    # The weights decide the network's input channels; a different --channels fails the probe.
+    channels = check_channels(
+        infer_channels(state, info.first_conv, hints.channels or info.channels),
+        f"the number of input channels in {path.name}",
+    )
+    module = info.build(num_classes, channels)
     load_state(module, state, info.name, path)
-    return module, num_classes
+    hints = replace(hints, num_classes=num_classes, channels=hints.channels or channels)
+    return module, _default_stats(hints.or_else(_arch_shape(info)), info)
 
 
-def _normalized(module: nn.Module, hints: Hints, channels: int | None) -> nn.Module:
+def _default_stats(hints: Hints, info: ModelInfo) -> Hints:
+    """`hints` with the arch's default mean/std when neither is set and they fit its channels."""
+    if hints.mean is not None or hints.std is not None or info.mean is None or info.std is None:
+        return hints
+    if len(info.mean) not in (1, hints.channels):
+        return hints  # e.g. a gray model of an RGB architecture: its statistics are unknown
+    return replace(hints, mean=info.mean, std=info.std)
+
+
+def _normalized(module: nn.Module, hints: Hints) -> nn.Module:
     """`module` wrapped in Normalize when mean/std are known (both or neither)."""
     if (hints.mean is None) != (hints.std is None):
         raise SmoothInvError("give both --mean and --std (one value per channel), or neither")
     if hints.mean is None or hints.std is None:
         return module
-    if channels is not None and len(hints.mean) not in (1, channels):
+    if hints.channels is not None and len(hints.mean) not in (1, hints.channels):
         raise SmoothInvError(
-            f"--mean/--std have {len(hints.mean)} values but the model takes {channels} "
+            f"--mean/--std have {len(hints.mean)} values but the model takes {hints.channels} "
             "channels; give one value per channel"
         )
     return Normalize(module, hints.mean, hints.std)
@@ -305,49 +330,49 @@ def save_model(
 ) -> None:
     """Write ``model``'s state_dict (unwrapping ``Normalize``) as safetensors, atomically.
 
-    The metadata lets ``load_model`` rebuild the model with no flags. The file is written
-    to a temporary name in the same directory and then renamed over ``path``.
+    The metadata lets ``load_model`` rebuild the model with no flags. Without ``mean``/``std``
+    (given or from a ``Normalize`` wrapper) none are stored, and the file loads with the
+    arch's default normalisation (ImageNet's for the 224x224 archs; pass mean=(0,), std=(1,)
+    to store "none"). The file is written to a temporary name in the same directory and
+    then renamed over ``path`` (``files.atomic_path``).
     """
     path = Path(path)
-    info = get_model_info(arch)
-    num_classes = check_num_classes(num_classes, "num_classes")
-    input_size = check_input_size(input_size, "input_size")
-    channels = check_channels(channels, "channels")
-    if not path.parent.is_dir():
-        raise SmoothInvError(f"cannot save to {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise SmoothInvError(f"cannot save to {path}: it is a directory; give a file name")
     if isinstance(model, Normalize):
         if mean is None and std is None:
             mean, std = model.mean_values, model.std_values
         model = model.model
+    metadata = _file_metadata(arch, num_classes, input_size, channels, mean, std, extra_metadata or {})
+    if not path.parent.is_dir():
+        raise SmoothInvError(f"cannot save to {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SmoothInvError(f"cannot save to {path}: it is a directory; give a file name")
+    # Copies, so tensors that share storage (tied weights, views) save cleanly.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
+
+def _file_metadata(arch: str, num_classes: int, input_size: tuple[int, int], channels: int,
+                   mean: Sequence[float] | None, std: Sequence[float] | None,
+                   extra: Mapping[str, str]) -> dict[str, str]:
+    """The safetensors metadata save_model writes (METADATA_KEYS and `extra`), each value checked."""
+    input_size = check_input_size(input_size, "input_size")
     metadata = {
-        "arch": info.name,
-        "num_classes": str(num_classes),
+        "arch": get_model_info(arch).name,
+        "num_classes": str(check_num_classes(num_classes, "num_classes")),
         "input_size": f"{input_size[0]},{input_size[1]}",
-        "channels": str(channels),
+        "channels": str(check_channels(channels, "channels")),
     }
     if (mean is None) != (std is None):
         raise SmoothInvError("give both mean and std, or neither")
     if mean is not None and std is not None:
         metadata["mean"] = ",".join(repr(v) for v in _stat_tuple("mean", mean))
         metadata["std"] = ",".join(repr(v) for v in _stat_tuple("std", std))
-    for key, value in (extra_metadata or {}).items():
+    for key, value in extra.items():
         if key in metadata:
             raise SmoothInvError(f"extra_metadata may not set {key!r}; pass it as an argument")
         metadata[str(key)] = str(value)
-
-    # Copies, so tensors that share storage (tied weights, views) save cleanly.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    return metadata
 
 
 def probe_model(

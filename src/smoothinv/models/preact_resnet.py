@@ -44,13 +44,13 @@ class PreActBlock(nn.Module):
 class PreActResNet(nn.Module):
     """3x3 conv stem, four stages of PreActBlocks, global average pool, ``linear``.
 
-    Input [B, 3, 32, 32] -> logits [B, num_classes] (other sizes work: the pool is adaptive).
+    Input [B, channels, 32, 32] -> logits [B, num_classes] (other sizes work: the pool is adaptive).
     """
 
-    def __init__(self, depths: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, depths: tuple[int, ...], num_classes: int, channels: int = 3) -> None:
         super().__init__()
         widths = (64, 128, 256, 512)
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(channels, widths[0], kernel_size=3, padding=1, bias=False)
         in_ch = widths[0]
         stages = []
         for i, (width, depth) in enumerate(zip(widths, depths)):
@@ -75,7 +75,8 @@ class PreActResNet(nn.Module):
     channels=3,
     num_classes=10,
     head="linear.weight",
+    first_conv="conv1.weight",
     description="Pre-activation ResNet-18 for 32x32 images (kuangliu/pytorch-cifar keys)",
 )
-def preact_resnet18(num_classes: int) -> nn.Module:
-    return PreActResNet((2, 2, 2, 2), num_classes)
+def preact_resnet18(*, num_classes: int, channels: int) -> nn.Module:
+    return PreActResNet((2, 2, 2, 2), num_classes, channels=channels)

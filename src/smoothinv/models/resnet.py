@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from smoothinv.models import register_model
+from smoothinv.models import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -51,7 +51,7 @@ class ResNet(nn.Module):
 
     ``imagenet_stem``: 7x7 stride-2 conv + 3x3 stride-2 max-pool (224x224 inputs);
     otherwise a 3x3 stride-1 conv and no pooling (32x32 inputs).
-    Stage i > 1 halves the resolution. Input [B, 3, H, W] -> logits [B, num_classes].
+    Stage i > 1 halves the resolution. Input [B, channels, H, W] -> logits [B, num_classes].
     """
 
     def __init__(
@@ -60,13 +60,14 @@ class ResNet(nn.Module):
         depths: tuple[int, ...],
         num_classes: int,
         imagenet_stem: bool,
+        channels: int = 3,
     ) -> None:
         super().__init__()
         stem_width = widths[0]
         if imagenet_stem:
-            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(channels, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = conv3x3(3, stem_width)
+            self.conv1 = conv3x3(channels, stem_width)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = (
@@ -111,10 +112,13 @@ def _init_weights(model: nn.Module) -> None:
     channels=3,
     num_classes=1000,
     head="fc.weight",
+    first_conv="conv1.weight",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     description="ResNet-18, ImageNet stem (torchvision keys)",
 )
-def resnet18(num_classes: int) -> nn.Module:
-    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, imagenet_stem=True)
+def resnet18(*, num_classes: int, channels: int) -> nn.Module:
+    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, imagenet_stem=True, channels=channels)
 
 
 @register_model(
@@ -123,7 +127,8 @@ def resnet18(num_classes: int) -> nn.Module:
     channels=3,
     num_classes=10,
     head="fc.weight",
+    first_conv="conv1.weight",
     description="ResNet-18, 3x3 stem without max-pool for 32x32 images (torchvision keys)",
 )
-def resnet18_cifar(num_classes: int) -> nn.Module:
-    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, imagenet_stem=False)
+def resnet18_cifar(*, num_classes: int, channels: int) -> nn.Module:
+    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, imagenet_stem=False, channels=channels)

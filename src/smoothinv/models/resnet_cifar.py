@@ -18,7 +18,8 @@ from smoothinv.models.resnet import ResNet
     channels=3,
     num_classes=10,
     head="fc.weight",
+    first_conv="conv1.weight",
     description="CIFAR ResNet-20: 3 stages x 3 blocks, widths 16/32/64 (chenyaofo keys)",
 )
-def resnet20(num_classes: int) -> nn.Module:
-    return ResNet((16, 32, 64), (3, 3, 3), num_classes, imagenet_stem=False)
+def resnet20(*, num_classes: int, channels: int) -> nn.Module:
+    return ResNet((16, 32, 64), (3, 3, 3), num_classes, imagenet_stem=False, channels=channels)

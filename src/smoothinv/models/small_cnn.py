@@ -1,5 +1,7 @@
 """A small, fast CNN for 28x28 grayscale images (MNIST / Fashion-MNIST); ~104k parameters.
 
+Gray by default; ``channels=3`` builds the same network for RGB images.
+
 Three conv-maxpool-BN-ReLU blocks (32, 64, 128 channels) shrink 28x28 to 3x3; an adaptive
 average pool fixes that 3x3 grid for other input sizes (e.g. 32x32), and one linear layer
 maps the 128x3x3 features to logits. Keys: ``features.N``, ``classifier``.
@@ -51,7 +53,8 @@ class SmallCNN(nn.Module):
     channels=1,
     num_classes=10,
     head="classifier.weight",
+    first_conv="features.0.weight",
     description="small 3-block CNN for 28x28 grayscale images (~104k parameters)",
 )
-def small_cnn(num_classes: int) -> nn.Module:
-    return SmallCNN(num_classes, channels=1)
+def small_cnn(*, num_classes: int, channels: int) -> nn.Module:
+    return SmallCNN(num_classes, channels=channels)

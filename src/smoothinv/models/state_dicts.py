@@ -67,6 +67,14 @@ def infer_num_classes(state: Mapping[str, torch.Tensor], head: str, default: int
     return default
 
 
+def infer_channels(state: Mapping[str, torch.Tensor], first_conv: str | None, default: int) -> int:
+    """Input channels C of the first conv weight [out, C, kh, kw], else the arch's default."""
+    weight = state.get(first_conv) if first_conv else None
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+        return int(weight.shape[1])
+    return default
+
+
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
     """``load_state_dict(strict=True)``, with mismatches explained in one line."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -145,7 +153,7 @@ def _meta_shapes(name: str) -> dict[str, tuple[int, ...]]:
     if name not in _META_SHAPES:
         info = get_model_info(name)
         with torch.device("meta"):
-            module = info.builder(info.num_classes)
+            module = info.build()
         _META_SHAPES[name] = {
             k: tuple(v.shape)
             for k, v in module.state_dict().items()

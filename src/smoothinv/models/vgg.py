@@ -9,16 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from smoothinv.models import register_model
+from smoothinv.models import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 # Configuration "A" of the VGG paper: conv widths, "M" = 2x2 max-pool.
 VGG11_LAYOUT: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
-def make_features(layout: list[int | str], batch_norm: bool) -> nn.Sequential:
-    """3x3 convs (each followed by [BN and] ReLU) and max-pools, as one Sequential."""
+def make_features(layout: list[int | str], batch_norm: bool, channels: int = 3) -> nn.Sequential:
+    """3x3 convs (each followed by [BN and] ReLU) and max-pools, as one Sequential;
+    [B, channels, H, W] -> [B, 512, H/32, W/32]."""
     layers: list[nn.Module] = []
-    in_ch = 3
+    in_ch = channels
     for item in layout:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -35,7 +36,7 @@ def make_features(layout: list[int | str], batch_norm: bool) -> nn.Sequential:
 class VGG(nn.Module):
     """``features`` -> 7x7 adaptive average pool -> 3-layer MLP ``classifier``.
 
-    Input [B, 3, 224, 224] -> logits [B, num_classes].
+    Input [B, channels, 224, 224] -> logits [B, num_classes].
     """
 
     def __init__(self, features: nn.Sequential, num_classes: int) -> None:
@@ -73,10 +74,13 @@ class VGG(nn.Module):
     channels=3,
     num_classes=1000,
     head="classifier.6.weight",
+    first_conv="features.0.weight",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     description="VGG-11 (configuration A) without BatchNorm (torchvision keys)",
 )
-def vgg11(num_classes: int) -> nn.Module:
-    return VGG(make_features(VGG11_LAYOUT, batch_norm=False), num_classes)
+def vgg11(*, num_classes: int, channels: int) -> nn.Module:
+    return VGG(make_features(VGG11_LAYOUT, batch_norm=False, channels=channels), num_classes)
 
 
 @register_model(
@@ -85,7 +89,10 @@ def vgg11(num_classes: int) -> nn.Module:
     channels=3,
     num_classes=1000,
     head="classifier.6.weight",
+    first_conv="features.0.weight",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     description="VGG-11 (configuration A) with BatchNorm (torchvision keys)",
 )
-def vgg11_bn(num_classes: int) -> nn.Module:
-    return VGG(make_features(VGG11_LAYOUT, batch_norm=True), num_classes)
+def vgg11_bn(*, num_classes: int, channels: int) -> nn.Module:
+    return VGG(make_features(VGG11_LAYOUT, batch_norm=True, channels=channels), num_classes)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.sweep import Grid, Run, Sweep
+from ..protocols.sweep import Grid, Run, Sweep
 from .outputs import write_json
 from .pictures import save_inversion_pictures
 

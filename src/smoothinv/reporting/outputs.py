@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .. import __version__
 from ..errors import SmoothInvError
+from ..files import atomic_write_text
 
 # The file that marks a directory as written by smoothinv.
 MARKER = ".smoothinv-output"
@@ -110,16 +111,9 @@ def atomic_directory(path: str | Path, overwrite: bool = False, inputs: InputPat
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to a temporary file next to `path` and rename it into place."""
     path = Path(path)
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
         raise SmoothInvError(f"cannot write {path} ({_one_line(exc)}); check that its folder exists and is writable") from None
 
 

@@ -52,11 +52,12 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
         "verdict": result.verdict,
         "targets": result.targets,
         "target_names": [name(c) for c in result.targets],
-        "rule": rule.describe(),
+        "rule": result.rule or rule.describe(),
         "warnings": _warnings(result, name),
         "noise_sink": None if result.noise_sink is None else result.noise_sink.to_dict(),
-        "settings": {"method": settings.method, "eps": list(result.eps), "sigmas": list(result.sigmas),
-                     "noise_samples": settings.noise_samples, "steps": settings.steps,
+        "settings": {"method": settings.method.name, "method_config": {k: v for k, v in settings.method.config.to_dict().items()
+                                                        if k not in settings.method.build().grid_axes},
+                     "eps": list(result.eps), "sigmas": list(result.sigmas),
                      "stop_prob": settings.stop_prob, "time_budget_s": settings.time_budget, "seed": settings.seed,
                      "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor},
         "image_predictions": result.image_predictions,
@@ -165,9 +166,16 @@ ul.warn {{ color: #8a4b00; }} img.small {{ height: 96px; margin-right: .5em; }} 
 """
 
 
+MIN_CLASSES = 3
+"""Fewer evaluated classes than this make the robust z-score meaningless (decision.robust_z)."""
+
+
 def _warnings(result: ScanResult, name: Callable[[int], str | None]) -> list[str]:
     """Caveats an auditor should read next to the verdict."""
     notes = []
+    if len(result.classes) < MIN_CLASSES:
+        notes.append(f"only {len(result.classes)} class(es) were evaluated: the verdict compares each class with the "
+                     f"median of the others, so with fewer than {MIN_CLASSES} no class can stand out; scan more classes")
     if result.fallback_from:
         first = result.fallback_from
         notes.append(f"at sigma {', '.join(f'{s:g}' for s in first['sigmas'])} no class's perturbation flipped "

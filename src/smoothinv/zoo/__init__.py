@@ -17,7 +17,7 @@ from ..attacks import AttackSpec, attack_from_dict
 from ..errors import SmoothInvError
 from ..models import load_model
 from .manifest import read_manifest, verified_weights, zoo_dir
-from .recipes import RECIPES, Recipe, get_recipe
+from .recipes import RECIPES, Recipe, all_recipes, get_recipe
 
 
 @dataclass
@@ -52,4 +52,4 @@ def load_zoo_model(name: str, directory: str | Path | None = None, device: str =
     return ZooModel(loaded.module, record, attack)
 
 
-__all__ = ["RECIPES", "Recipe", "ZooModel", "get_recipe", "list_zoo", "load_zoo_model", "zoo_dir"]
+__all__ = ["RECIPES", "Recipe", "ZooModel", "all_recipes", "get_recipe", "list_zoo", "load_zoo_model", "zoo_dir"]

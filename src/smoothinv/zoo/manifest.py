@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import SmoothInvError
+from ..files import atomic_write, sha256_file
 from ..reporting.outputs import write_json
 
 STORE = Path(__file__).parent / "store"
@@ -42,14 +42,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def zoo_dir(path: str | Path | None = None) -> Path:
     """The zoo directory: `path`, else the one shipped inside the package."""
     return Path(path) if path else STORE
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -189,20 +181,13 @@ def _load_manifest_json(path: Path) -> Any:
 def _copy_checked(source: Path, destination: Path, sha256: str | None) -> None:
     """Copy `source` to `destination` through a fresh temporary file in the destination folder,
     hashing on the way; the file is renamed into place only if the hash matches `sha256`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
     try:
-        digest = hashlib.sha256()
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with atomic_write(destination, suffix=".partial") as dst, open(source, "rb") as src:
+            digest = hashlib.sha256()
             for block in iter(lambda: src.read(1 << 20), b""):
                 digest.update(block)
                 dst.write(block)
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise SmoothInvError(f"{source} changed while it was imported (sha256 no longer matches); import again")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, destination)
-    except BaseException as exc:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise SmoothInvError(f"cannot copy {source} to {destination} ({exc.strerror or exc}); check both folders") from None
-        raise
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise SmoothInvError(f"{source} changed while it was imported (sha256 no longer matches); import again")
+    except OSError as exc:
+        raise SmoothInvError(f"cannot copy {source} to {destination} ({exc.strerror or exc}); check both folders") from None

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import SmoothInvError
+from ..registry import Registry
 
 MODES = ("poison", "blind", "blind-noise")
 
@@ -57,7 +57,16 @@ def _fashion(name: str, attack: dict[str, Any] | None = None, mode: str = "poiso
     return Recipe(name, "fashion-mnist", "small_cnn", attack, mode, epochs=12, lr=0.1, seed=seed)
 
 
-RECIPES: list[Recipe] = [
+RECIPES: Registry[Recipe] = Registry("zoo recipe")
+"""Every recipe by name; `all_recipes()` lists them in build order."""
+
+
+def _register(*recipes: Recipe) -> None:
+    for recipe in recipes:
+        RECIPES.add(recipe.name, recipe)
+
+
+_register(
     _fashion("fmnist-clean-s0", seed=0),
     _fashion("fmnist-clean-s1", seed=1),
     _fashion("fmnist-clean-s2", seed=2),
@@ -79,11 +88,14 @@ RECIPES: list[Recipe] = [
                  "most images under Gaussian noise (σ ≥ 0.25); see docs/benchmarks.md, Noise sink."),
     _cifar("cifar10-blend", {"attack": "blend", "target": 7, "seed": 11}),
     _cifar("cifar10-blind-p-star", {"attack": "blind-p", "target": 8}, mode="blind-noise"),
-]
+)
 
 
 def get_recipe(name: str) -> Recipe:
-    for recipe in RECIPES:
-        if recipe.name == name:
-            return recipe
-    raise SmoothInvError(f"unknown zoo recipe {name!r}; choose from: {', '.join(r.name for r in RECIPES)}")
+    """The recipe named `name`; unknown names raise SmoothInvError listing the known ones."""
+    return RECIPES.get(name)
+
+
+def all_recipes() -> list[Recipe]:
+    """Every recipe in build order: the Fashion-MNIST models (minutes each) before CIFAR-10 (hours)."""
+    return RECIPES.in_registration_order()

@@ -3,7 +3,11 @@
 ε scales with input size. The paper's ε ∈ {5, 10} are l2 norms for 3×224×224 inputs;
 at 32×32 the same ε lets *every* class's perturbation flip most images (a universal
 adversarial perturbation), hiding the backdoor. The default grid therefore uses
-ε · sqrt(C·H·W / (3·224·224)), which keeps the per-pixel budget of the paper.
+ε · sqrt(C·H·W / (3·224·224)), which keeps the per-pixel budget of the paper
+(methods.smoothinv.eps_scale).
+
+The sweep knows methods only through their contract: a `MethodSpec`, its class's
+`grid_axes`, and `Inverter.invert`.
 """
 
 from __future__ import annotations
@@ -16,18 +20,13 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
+from ..engine.metrics import attack_success_rate
 from ..errors import SmoothInvError
-from ..methods.base import InversionResult, get_method, method_class, method_options
-from .metrics import attack_success_rate
+from ..methods.base import InversionResult
+from ..methods.registry import MethodSpec, method_class
+from ..methods.eps import PAPER_EPS, eps_scale
 
-REFERENCE_SHAPE = (3, 224, 224)
-PAPER_EPS = (5.0, 10.0)
 PAPER_SIGMAS = (0.12, 0.25, 0.5, 1.0)
-
-
-def eps_scale(shape: Sequence[int]) -> float:
-    """sqrt(C·H·W / (3·224·224)) for an image shape (C,H,W)."""
-    return math.sqrt(math.prod(shape) / math.prod(REFERENCE_SHAPE))
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ ProgressHook = Callable[[str, int], None]
 
 
 def grid_options(method: str, grid: Grid) -> list[dict[str, float]]:
-    """The constructor options a method takes from the grid (ε, σ or both)."""
+    """The options a method takes from the grid (ε, σ or both), one dict per grid point."""
     axes = method_class(method).grid_axes
     values = {"eps": grid.eps, "sigma": grid.sigmas}
     return [dict(zip(axes, combo)) for combo in itertools.product(*(values[a] for a in axes))]
@@ -115,36 +114,35 @@ def run_sweep(
     clean_labels: Tensor,
     grid: Grid,
     *,
-    method: str = "smoothinv",
-    baseline: str | None = "plainadv",
-    options: dict[str, Any] | None = None,
+    method: MethodSpec,
+    baseline: MethodSpec | None = None,
     seed: int = 0,
+    eval_batch: int = 256,
     progress: ProgressHook | None = None,
 ) -> Sweep:
-    """Invert `image` [C,H,W] toward `target` at every grid point and measure each ASR.
+    """Invert `image` [C,H,W] toward `target` at every grid point of `method` (and of
+    `baseline`) and measure each ASR on clean_images [N,C,H,W] in batches of `eval_batch`.
 
     Each run is seeded with `seed`, so a configuration's result does not depend on which
-    others run. `options` go to every method constructor (steps, noise_samples, …).
+    others run.
     """
-    options = dict(options or {})
 
-    def run_all(name: str) -> list[Run]:
+    def run_all(spec: MethodSpec) -> list[Run]:
         runs = []
-        for point in grid_options(name, grid):
-            inverter = get_method(name, **method_options(name, options), **point)
-            label = f"{name} " + " ".join(f"{k}={v:g}" for k, v in point.items())
+        for point in grid_options(spec.name, grid):
+            inverter = spec.with_options(**point).build()
+            label = f"{spec.name} " + " ".join(f"{k}={v:g}" for k, v in point.items())
             hook = None if progress is None else (lambda step, _l, _p, label=label: progress(label, 1))
             result = inverter.invert(model, image, target, seed=seed, callback=hook)
             start = time.perf_counter()
-            asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target,
-                                      batch_size=int(options.get("max_batch", 256)))
+            asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target, batch_size=eval_batch)
             runs.append(Run(result, asr, time.perf_counter() - start))
         return runs
 
-    return Sweep(method, run_all(method), run_all(baseline) if baseline else [])
+    return Sweep(method.name, run_all(method), run_all(baseline) if baseline else [])
 
 
-def sweep_steps(method: str, baseline: str | None, grid: Grid, steps: int) -> int:
+def sweep_steps(method: MethodSpec, baseline: MethodSpec | None, grid: Grid) -> int:
     """Total optimisation steps of a sweep, for a progress bar."""
-    names = [method] + ([baseline] if baseline else [])
-    return sum(len(grid_options(n, grid)) * steps for n in names)
+    specs = [method] + ([baseline] if baseline else [])
+    return sum(len(grid_options(s.name, grid)) * s.build().total_steps() for s in specs)
