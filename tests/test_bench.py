@@ -79,7 +79,7 @@ def test_merge_reports_recomputes_the_summary_over_all_shards():
 
 @pytest.mark.parametrize("shards, message", [
     ([], "nothing to merge"),
-    ([{"rows": []}], "not a `smoothinv bench detect --out` file"),
+    ([{"rows": []}], "not a detection benchmark report"),
     ([{"settings": SETTINGS, "rows": [{"model": "x"}]}], "needs settings and rows"),
     ([{"settings": SETTINGS, "rows": []}, {"settings": {**SETTINGS, "steps": 100}, "rows": []}], "other settings"),
     ([{"settings": SETTINGS, "rows": [_row("x", True, 9.0, True)]}] * 2, "more than one report"),

@@ -358,19 +358,6 @@ def test_subset_reproducible_without_replacement() -> None:
         clean.subset(0, seed=0)
 
 
-def test_excluding() -> None:
-    clean = _toy_set(10)
-    rest = clean.excluding(1)
-    assert len(rest) == 7 and 1 not in rest.labels.tolist()
-    assert rest.source == "toy"
-    only_ones = CleanSet(clean.images[:2], torch.tensor([1, 1]), None, "ones")
-    with pytest.raises(SmoothInvError, match="every image"):
-        only_ones.excluding(1)
-
-
-# ---------------------------------------------------------------- digits
-
-
 def test_digits_shapes_and_ranges() -> None:
     x, y = load_digits_images(size=16)
     assert x.shape == (1797, 1, 16, 16) and x.dtype == torch.float32

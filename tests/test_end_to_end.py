@@ -70,7 +70,10 @@ def test_demo_runs_and_recovers_backdoor(tmp_path):
     assert any(line.startswith("training small_cnn") for line in lines)
     assert counted["total"] > 0 and counted["done"] == counted["total"]
     assert [title for title, _ in result.sweeps()][0].startswith("toward the backdoor target")
-    assert "recovered ASR" in result.headline() and "reproduce with the CLI" in result.closing()[-1]
+    assert "recovered ASR" in result.headline() and "overview.png" in result.closing()[-1]
+    inversion = result.inversion()  # what `smoothinv demo` prints as the `smoothinv invert` command
+    assert inversion["target"] == 0 and inversion["seed"] == 0 and inversion["eps"] == [1.5, 3.0]
+    assert all(inversion[key].is_file() for key in ("model", "image", "clean"))
     assert summary["clean_accuracy"] > 0.95
     assert summary["true_trigger_asr"] > 0.95
     assert summary["recovered_asr"] > 0.9

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smoothinv.files import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from smoothinv.files import atomic_path, atomic_write, atomic_write_text, sha256_file
 
 
 class Boom(Exception):
@@ -38,7 +38,7 @@ def test_new_file_is_created_readable(tmp_path: Path) -> None:
 
 def test_permissions_none_keeps_the_file_private(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    atomic_write_bytes(path, b"x", permissions=None)
+    atomic_write_text(path, "x", permissions=None)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -83,7 +83,7 @@ def test_temp_file_is_hidden_and_beside_the_destination(tmp_path: Path) -> None:
 
 def test_missing_folder_is_an_oserror_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        atomic_write_bytes(tmp_path / "absent" / "out.bin", b"x")
+        atomic_write_text(tmp_path / "absent" / "out.bin", "x")
     assert _names(tmp_path) == []
 
 

@@ -128,7 +128,7 @@ def test_safetensors_without_metadata_needs_arch(tmp_path: Path) -> None:
     model = seeded("resnet20", num_classes=7)
     path = tmp_path / "plain.bin"  # the extension is irrelevant
     save_file(model.state_dict(), str(path))
-    with pytest.raises(SmoothInvError, match="needs --arch NAME; known: .*resnet20") as err:
+    with pytest.raises(SmoothInvError, match="needs `arch`=NAME; known: .*resnet20") as err:
         load_model(path)
     assert "looks like resnet20" in str(err.value)
     loaded = load_model(path, arch="resnet20")
@@ -196,7 +196,7 @@ def test_dict_that_is_not_a_state_dict(tmp_path: Path) -> None:
 def test_num_classes_argument_conflicts_with_file(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(create_model("resnet20", num_classes=10).state_dict(), path)
-    with pytest.raises(SmoothInvError, match="has 10 classes .* pass --num-classes 10"):
+    with pytest.raises(SmoothInvError, match="has 10 classes .* pass `num_classes`=10"):
         load_model(path, arch="resnet20", num_classes=100)
 
 
@@ -206,9 +206,9 @@ def test_key_mismatch_names_keys_and_suggests_arch(tmp_path: Path) -> None:
     with pytest.raises(SmoothInvError) as err:
         load_model(path, arch="preact_resnet18")
     message = str(err.value)
-    assert "does not match --arch preact_resnet18" in message
+    assert "does not match `arch`=preact_resnet18" in message
     assert "missing" in message and "unexpected" in message and "more)" in message
-    assert "it looks like --arch resnet20" in message
+    assert "it looks like `arch`=resnet20" in message
     assert "\n" not in message
 
 
@@ -216,7 +216,7 @@ def test_shape_mismatch_suggests_arch(tmp_path: Path) -> None:
     path = tmp_path / "r18c.pt"
     torch.save(create_model("resnet18_cifar").state_dict(), path)
     with pytest.raises(SmoothInvError, match=r"conv1.weight is \[64, 3, 3, 3\] in the file.*"
-                                             r"it looks like --arch resnet18_cifar"):
+                                             r"it looks like `arch`=resnet18_cifar"):
         load_model(path, arch="resnet18")
 
 
@@ -265,7 +265,7 @@ def test_whole_pickled_model_needs_opt_in(tmp_path: Path, zip_format: bool) -> N
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).eval()
     path = tmp_path / "whole.pt"
     torch.save(model, path, _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(SmoothInvError, match="pickled Python object .*--trust-code") as err:
+    with pytest.raises(SmoothInvError, match="pickled Python object .*`trust_code`=True") as err:
         load_model(path)
     assert "Sequential" in str(err.value) and "\n" not in str(err.value)
     loaded = load_model(path, trust_code=True, input_size=(2, 2))
@@ -278,7 +278,7 @@ def test_whole_pickled_model_needs_opt_in(tmp_path: Path, zip_format: bool) -> N
 def test_trusted_pickle_must_be_a_module(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([1, argparse.Namespace(lr=0.1)], path)  # Namespace: not weights_only-safe
-    with pytest.raises(SmoothInvError, match="--trust-code"):
+    with pytest.raises(SmoothInvError, match="`trust_code`=True"):
         load_model(path)
     with pytest.raises(SmoothInvError, match="unpickled to a list, not a torch nn.Module"):
         load_model(path, trust_code=True)
@@ -399,9 +399,9 @@ def test_bad_arguments(tmp_path: Path) -> None:
                input_size=(28, 28), channels=1)
     with pytest.raises(SmoothInvError, match="invalid device"):
         load_model(path, device="gpu7")
-    with pytest.raises(SmoothInvError, match="--input-size"):
+    with pytest.raises(SmoothInvError, match="`input_size`"):
         load_model(path, input_size=(28, 0))
-    with pytest.raises(SmoothInvError, match="both --mean and --std"):
+    with pytest.raises(SmoothInvError, match="both `mean` and `std`"):
         load_model(path, mean=(0.5,))
     with pytest.raises(SmoothInvError, match="3 values but the model takes 1 channels"):
         load_model(path, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -491,7 +491,7 @@ def test_normalize() -> None:
     assert list(wrapped.state_dict()) == []  # mean/std are not saved as weights
     with pytest.raises(SmoothInvError, match="> 0"):
         Normalize(nn.Identity(), (0.5,), (0.0,))
-    with pytest.raises(SmoothInvError, match="2 values but --std has 1"):
+    with pytest.raises(SmoothInvError, match="2 values but `std` has 1"):
         Normalize(nn.Identity(), (0.5, 0.5), (0.2,))
     with pytest.raises(SmoothInvError, match="numbers"):
         Normalize(nn.Identity(), ("a",), (1.0,))  # type: ignore[arg-type]

@@ -212,9 +212,9 @@ def test_fixed_batch_graph_is_chunked(tmp_path: Path) -> None:
 
 def test_flags_must_match_the_declared_input(tmp_path: Path) -> None:
     path = export(seeded("small_cnn"), torch.rand(1, 1, 28, 28), tmp_path / "m.onnx")
-    with pytest.raises(SmoothInvError, match="--input-size 32x32 does not match the 28x28 that m.onnx's ONNX graph"):
+    with pytest.raises(SmoothInvError, match="`input_size` 32x32 does not match the 28x28 that m.onnx's ONNX graph"):
         load_model(path, input_size=(32, 32))
-    with pytest.raises(SmoothInvError, match="--channels 3 does not match the 1"):
+    with pytest.raises(SmoothInvError, match="`channels` 3 does not match the 1"):
         load_model(path, channels=3)
     assert load_model(path, input_size=(28, 28), channels=1).input_size == (28, 28)
 

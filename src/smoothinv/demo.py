@@ -9,8 +9,9 @@ model is not robust to the paper's σ: the smoothed classifier sends every input
 class (for a backdoored model, the target — noise alone fires the trigger), and
 inversion has nothing to follow. result.json warns when that happens on your models.
 
-The demo writes its model, clean set and image to --out and prints the `smoothinv
-invert` command that reproduces its numbers from those files.
+The demo writes its model, clean set and image to `out_dir`, and the settings of the inversion
+that reproduces its numbers from those files (``DemoResult.inversion``; the command line prints
+them as a `smoothinv invert` command).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import __version__
 from .attacks import poison
 from .data import load_digits_images, save_image
 from .engine.metrics import accuracy, attack_success_rate
-from .errors import SmoothInvError
+from .errors import SmoothInvError, param
 from .methods import method_spec
 from .methods.registry import MethodSpec
 from .models import create_model, save_model
@@ -108,10 +109,18 @@ class DemoResult:
                 f"(class {CONTRAST_TARGET}) | PlainAdv best {s['plainadv_asr']:.1%}")
 
     def closing(self) -> list[str]:
-        """Where to look next: timing, the pictures, and the CLI command that reproduces the run."""
+        """Where to look next: timing and the pictures."""
         return [f"took {self.summary['total_seconds']:.0f}s. Pictures: {self.out_dir}/recovered/overview.png "
-                f"(clean | synthesised | amplified p | zoom), true trigger: {self.out_dir}/triggered.png",
-                f"reproduce with the CLI: {self.summary['cli_command']}"]
+                f"(clean | synthesised | amplified p | zoom), true trigger: {self.out_dir}/triggered.png"]
+
+    def inversion(self) -> dict[str, Any]:
+        """The inversion toward the backdoor's target that reproduces `found` from the written files:
+        ``model``, ``image`` and ``clean`` (paths under out_dir), ``target``, ``eps`` (absolute l2
+        bounds), ``steps``, ``noise_samples`` and ``seed``."""
+        settings = dict(self.summary["inversion"])
+        for key in ("model", "image", "clean"):
+            settings[key] = self.out_dir / settings[key]
+        return settings
 
 
 def run_demo(out_dir: str | Path, *, seed: int = 0, log: Log = _quiet,
@@ -124,8 +133,8 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Log = _quiet,
     out_dir = Path(out_dir)
     overwrite = (out_dir / MARKER).is_file()
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-        raise SmoothInvError(f"{out_dir} exists and is not a previous demo output; choose another --out")
-    check_destination(out_dir, overwrite)  # before training: a protected or unwritable --out fails now
+        raise SmoothInvError(f"{out_dir} exists and is not a previous demo output; choose another {param('out_dir')}")
+    check_destination(out_dir, overwrite)  # before training: a protected or unwritable out_dir fails now
     started = time.perf_counter()
     trigger = checkerboard_trigger()
     train_x, train_y, test_x, test_y = digits_split(seed)
@@ -156,7 +165,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Log = _quiet,
     total_s = time.perf_counter() - started
 
     with atomic_directory(out_dir, overwrite=overwrite, kind="demo") as tmp:
-        summary = _write_outputs(tmp, out_dir, model, trigger, image, test_x, test_y, grid, (method, baseline),
+        summary = _write_outputs(tmp, model, trigger, image, test_x, test_y, grid, (method, baseline),
                                  seed, found, contrast, clean_acc, true_asr, train_s, total_s)
     return DemoResult(out_dir, summary, found, contrast)
 
@@ -167,13 +176,13 @@ def _methods() -> tuple[MethodSpec, MethodSpec]:
             method_spec("plainadv", steps=STEPS, max_batch=256))
 
 
-def _write_outputs(tmp: Path, out_dir: Path, model: torch.nn.Module, trigger: MaskedTrigger, image: torch.Tensor,
+def _write_outputs(tmp: Path, model: torch.nn.Module, trigger: MaskedTrigger, image: torch.Tensor,
                    test_x: torch.Tensor, test_y: torch.Tensor, grid: Grid, methods: tuple[MethodSpec, MethodSpec],
                    seed: int,
                    found: Sweep, contrast: Sweep, clean_acc: float, true_asr: float, train_s: float,
                    total_s: float) -> dict[str, Any]:
     """Write the model, clean set, image, triggered image and both sweeps' results into `tmp`
-    (which becomes `out_dir`), and demo.json; returns demo.json's content."""
+    (which becomes the output directory), and demo.json; returns demo.json's content."""
     save_model(tmp / "model.safetensors", model, arch="small_cnn", num_classes=10, input_size=(SIZE, SIZE), channels=1)
     np.savez_compressed(tmp / "clean.npz", x=np.round(test_x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8),
                         y=test_y.numpy())
@@ -185,9 +194,6 @@ def _write_outputs(tmp: Path, out_dir: Path, model: torch.nn.Module, trigger: Ma
         context = {"smoothinv_version": __version__, "seed": seed, "settings": settings,
                    "clean_set": {"images": len(test_x)}}
         write_inversion(tmp / name, sweep, inversion_record(sweep, grid, target=target, context=context))
-    command = (f"smoothinv invert --model {out_dir}/model.safetensors --image {out_dir}/image.png --target {TARGET} "
-               f"--clean {out_dir}/clean.npz --eps {','.join(f'{e:g}' for e in EPS)} --steps {STEPS} "
-               f"--noise-samples {NOISE_SAMPLES} --seed {seed} --out {out_dir}/cli-run --overwrite")
     summary = {
         "smoothinv_version": __version__,
         "seed": seed,
@@ -204,7 +210,8 @@ def _write_outputs(tmp: Path, out_dir: Path, model: torch.nn.Module, trigger: Ma
         "plainadv_asr": round(max(r.asr for r in found.baseline), 6),
         "train_seconds": round(train_s, 2),
         "total_seconds": round(total_s, 2),
-        "cli_command": command,
+        "inversion": {"model": "model.safetensors", "image": "image.png", "clean": "clean.npz", "target": TARGET,
+                      "eps": list(EPS), "steps": STEPS, "noise_samples": NOISE_SAMPLES, "seed": seed},
     }
     write_json(tmp / MARKER, summary)
     return summary

@@ -67,12 +67,6 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, prefix: str 
             yield handle
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, **options: Any) -> None:
-    """Write `data` to `path` atomically (options as for `atomic_path`)."""
-    with atomic_write(path, "wb", **options) as handle:
-        handle.write(data)
-
-
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8",
                       **options: Any) -> None:
     """Write `text` to `path` atomically, encoded as `encoding`, line endings kept exactly as given."""

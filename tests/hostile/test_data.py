@@ -205,7 +205,7 @@ def test_npz_tensor_bound_applies_after_the_limit(monkeypatch, tmp_path):
     path = tmp_path / "c.npz"
     np.savez(path, x=np.zeros((50, 28, 28), np.uint8), y=np.arange(50) % 10)
     monkeypatch.setattr(clean_sets, "MAX_CLEAN_SET_BYTES", 20 * 28 * 28 * 4)
-    with pytest.raises(SmoothInvError, match="--clean-limit"):
+    with pytest.raises(SmoothInvError, match="lower `limit`"):
         load_clean_set(path, size=(28, 28), channels=1)
     assert len(load_clean_set(path, size=(28, 28), channels=1, limit=20)) == 20
 

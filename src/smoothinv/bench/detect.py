@@ -21,6 +21,7 @@ from ..data.datasets import load_dataset
 from ..detection import ScanSettings, scan
 from ..detection.scan import ScanResult
 from ..errors import SmoothInvError
+from ..labels import eligible
 from ..zoo import list_zoo, load_zoo_model
 
 Log = Callable[[str], None]
@@ -36,7 +37,7 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
 
 def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
     """Index of the scan image: a seeded pick among test images not of the target class."""
-    candidates = torch.nonzero(labels != (-1 if target is None else target)).squeeze(1)
+    candidates = torch.nonzero(eligible(labels, -1 if target is None else target)).squeeze(1)
     return int(candidates[torch.randint(len(candidates), (1,), generator=torch.Generator().manual_seed(seed))])
 
 
@@ -90,7 +91,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows = report.get("rows") if isinstance(report, dict) else None
         if not isinstance(rows, list) or "settings" not in report or not all(
                 isinstance(row, dict) and ROW_KEYS <= row.keys() for row in rows):
-            raise SmoothInvError(f"report {i + 1} is not a `smoothinv bench detect --out` file "
+            raise SmoothInvError(f"report {i + 1} is not a detection benchmark report (as detect_benchmark returns) "
                                  f"(needs settings and rows with {', '.join(sorted(ROW_KEYS))})")
         if report["settings"] != reports[0]["settings"]:
             raise SmoothInvError(f"report {i + 1} was run with other settings ({report['settings']}) than report 1 "

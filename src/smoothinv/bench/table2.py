@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..data.datasets import load_dataset
+from ..labels import eligible
 from ..methods.registry import MethodSpec, method_spec
 from ..protocols.sweep import Grid, run_sweep
 from ..zoo import list_zoo, load_zoo_model
@@ -26,9 +27,7 @@ METHODS = ("smoothinv", "plainadv", "nc", "topoprior", "pixelinv")
 
 def pick_images(labels: torch.Tensor, target: int, sources: Sequence[int] | None, count: int, seed: int) -> list[int]:
     """`count` seeded test-image indices whose label is not the target (and is a source class)."""
-    ok = labels != target
-    if sources is not None:
-        ok &= torch.isin(labels, torch.tensor(list(sources), dtype=labels.dtype))
+    ok = eligible(labels, target, sources)
     candidates = torch.nonzero(ok).squeeze(1)
     order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
     return [int(i) for i in candidates[order[:count]]]

@@ -33,6 +33,7 @@ from .progress import step_progress
 from .tables import sweep_table
 from .bench import bench_group
 from .interrupt import run_interruptibly
+from .messages import for_command_line
 from .scan import scan_command
 from .zoo import zoo_group
 
@@ -134,6 +135,16 @@ def demo(out: Path, seed: int) -> None:
     stdout.print(f"[bold]{escape(result.headline())}[/]")
     for line in result.closing():
         stdout.print(escape(line), highlight=False)
+    stdout.print(escape(f"reproduce with the CLI: {demo_invert_command(result.inversion(), out)}"), highlight=False)
+
+
+def demo_invert_command(settings: dict[str, Any], out: Path) -> str:
+    """The `smoothinv invert` command that reproduces the demo's inversion (`DemoResult.inversion`),
+    writing into `out`/cli-run."""
+    eps = ",".join(f"{e:g}" for e in settings["eps"])
+    return (f"smoothinv invert --model {settings['model']} --image {settings['image']} --target {settings['target']} "
+            f"--clean {settings['clean']} --eps {eps} --steps {settings['steps']} "
+            f"--noise-samples {settings['noise_samples']} --seed {settings['seed']} --out {out}/cli-run --overwrite")
 
 
 @cli.command("models")
@@ -217,8 +228,8 @@ def main() -> None:
     """Entry point: one-line errors and exit status 2 for anything the user can fix."""
     try:
         run_interruptibly(lambda: cli.main(prog_name="smoothinv", standalone_mode=False))
-    except SmoothInvError as e:
-        fail(str(e), e.exit_code)
+    except SmoothInvError as e:  # the library names parameters; the user typed flags
+        fail(for_command_line(str(e)), e.exit_code)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)

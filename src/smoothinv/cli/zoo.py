@@ -17,6 +17,8 @@ from ..zoo.build import build, is_built
 from ..zoo.manifest import import_records, zoo_dir as zoo_dir_path
 from .params import BOUNDS
 
+REPORT_COMMAND = "smoothinv zoo report --out docs/zoo.md"
+"""The command docs/zoo.md names as the way to regenerate it."""
 err = Console(stderr=True)
 stdout = Console(soft_wrap=True)
 
@@ -120,5 +122,5 @@ def report_command(out: Path, data_root: Path | None, zoo_dir: Path | None, imag
     missing = [r.name for r in all_recipes() if r.name not in built]
     out.parent.mkdir(parents=True, exist_ok=True)
     notes = {r.name: r.notes for r in all_recipes() if r.notes and r.name in built}
-    write_text(out, zoo_markdown(records, sanity, missing, images, noise_samples, notes))
+    write_text(out, zoo_markdown(records, sanity, missing, images, noise_samples, notes, command=REPORT_COMMAND))
     stdout.print(f"wrote {out} ({len(records)} models)")

@@ -32,8 +32,7 @@ from smoothinv.data.images import (
     load_image,
     resize_and_crop,
 )
-from smoothinv.errors import SmoothInvError
-from smoothinv.labels import eligible
+from smoothinv.errors import SmoothInvError, param
 
 _FOLDER_LAYOUT = "<dir>/<class name>/<image>.png|jpg|jpeg|bmp|webp"
 
@@ -81,15 +80,6 @@ class CleanSet:
     def subset(self, limit: int, seed: int) -> CleanSet:
         """A seeded random subset of at most `limit` images (without replacement, in set order)."""
         keep = choose_indices(len(self), limit, seed)
-        return self._take(keep)
-
-    def excluding(self, label: int) -> CleanSet:
-        """The images whose label is not `label` (e.g. drop the backdoor's target class)."""
-        keep = torch.nonzero(eligible(self.labels, label)).flatten()
-        if len(keep) == 0:
-            raise SmoothInvError(
-                f"every image in clean set {self.source} has label {label}; add images of other classes"
-            )
         return self._take(keep)
 
     def _take(self, indices: torch.Tensor) -> CleanSet:
@@ -275,7 +265,7 @@ def _float_bytes(count: int, channels: int, height: int, width: int) -> int:
 
 
 def _check_decoded_bytes(
-    source: Path, nbytes: int, what: str, advice: str = "use fewer or smaller images (--clean-limit)"
+    source: Path, nbytes: int, what: str, advice: str = f"use fewer or smaller images (lower {param('limit')})"
 ) -> None:
     """Refuse a clean set whose decoded size exceeds MAX_CLEAN_SET_BYTES."""
     if nbytes > MAX_CLEAN_SET_BYTES:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 from ..files import atomic_write
 
 DATA_ENV = "SMOOTHINV_DATA"
@@ -68,7 +68,8 @@ def data_root(root: str | Path | None = None) -> Path:
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
         raise SmoothInvError(
-            f"{what} not found: looked for {path}; pass --data-root DIR or set {DATA_ENV} to the folder holding it"
+            f"{what} not found: looked for {path}; pass {param('data_root')}=DIR or set {DATA_ENV} to the folder "
+            "holding it"
         )
     return path
 

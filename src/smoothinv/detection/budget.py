@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ..engine.early_stop import DeadlineModule, DeadlinePassed
 from ..engine.metrics import predict
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
+from ..labels import eligible
 
 EVAL_MARGIN = 1.5
 """Evaluation is given this many times its estimated duration: a late estimate costs results."""
@@ -81,10 +82,10 @@ class TimeBudget:
     def exhausted(self, when: str) -> BudgetExhausted:
         """The error for a budget that ran out `when` (e.g. "during the noise-sink probe")."""
         return BudgetExhausted(f"the time budget of {self.seconds:g} s ran out {when}, so there is nothing to "
-                               "decide on; raise --time-budget")
+                               f"decide on; raise {param('time_budget')}")
 
 
 def evaluation_calls(labels: list[int], configs: int, clean_labels: Tensor, batch_size: int) -> int:
     """Forward batches needed to measure `configs` perturbations of each class in `labels`
     on the clean images [N] of other classes, `batch_size` at a time."""
-    return sum(configs * math.ceil(int((clean_labels != c).sum()) / batch_size) for c in labels)
+    return sum(configs * math.ceil(int(eligible(clean_labels, c).sum()) / batch_size) for c in labels)

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..engine.pgd import DescentState
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 from ..files import atomic_path, atomic_write_text
 from ..methods.base import Found, inversion_result
 from ..triggers import AdditiveTrigger, MaskedTrigger, Trigger
@@ -124,7 +124,7 @@ class ScanCheckpoint:
         except OSError:
             os.close(fd)
             raise SmoothInvError(f"another scan is writing to the same output right now (its work is in "
-                                 f"{self.directory}); wait for it to finish or choose another --out") from None
+                                 f"{self.directory}); wait for it to finish or choose another {param('out')}") from None
         try:
             yield
         finally:

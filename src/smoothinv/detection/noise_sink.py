@@ -1,7 +1,7 @@
 """Where does the smoothed model send noisy clean images? A diagnostic for the scan.
 
-Models not trained with noise collapse under it: from σ ≈ 0.25 our CIFAR-10 ResNet-20s send
-~97% of clean images to "frog", backdoored or not (docs/benchmarks.md). SmoothInv still works
+Models not trained with noise collapse under it: from moderate σ they send most clean images
+to one class, backdoored or not (docs/benchmarks.md, Noise sink). SmoothInv still works
 there (the gradient of G toward any class survives, and ASR is measured on the base model),
 but the sink class is easy to reach for every model, so a flagged class that is also the
 noise sink deserves a check against a clean twin. The scan records, per σ:

@@ -26,6 +26,7 @@ from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import hits_by_source, predict, triggered_hits
 from ..engine.pgd import DescentCheckpoint
 from ..errors import SmoothInvError
+from ..labels import eligible
 from ..methods.base import InversionResult, RowControl
 from ..methods.registry import MethodSpec, method_spec
 from ..methods.eps import PAPER_EPS, eps_scale
@@ -43,7 +44,8 @@ FALLBACK_SIGMAS = (0.12,)
 PINNED_ASR = 0.1
 """If no class's perturbation flips even PINNED_ASR of the clean images at any (ε, σ), G did not
 move: noise sends every image to one class with probability ≈ 1, so the gradient vanishes
-(cifar10-htba: its trigger is fired by noise itself). The scan then reruns at FALLBACK_SIGMAS."""
+(a trigger fired by noise itself does this; docs/benchmarks.md, HTBA). The scan then reruns at
+FALLBACK_SIGMAS."""
 ROW_ELEMENTS = 2**25
 """Image elements in one descent's rows (128 MB as float32); more classes are scanned in chunks."""
 
@@ -237,47 +239,78 @@ def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor,
     probe_s = time.perf_counter() - start
     budget.calibrate(model, clean_images, settings.max_batch)
     grid = Grid(eps, sigmas or (0.0,))
-    configs = len(grid_options(settings.method.name, grid))
     chunks = class_chunks(list(chosen), settings, grid, stack.shape[1:])
-    label = f"scan {settings.method.name}"
-    results: list[ClassResult] = []
-    synth_s = eval_s = 0.0
-    timed_out = False
+    run = _Pass(model, stack, chosen, clean_images, clean_labels, grid, settings, budget, saved, progress,
+                inverter.total_steps(), skipped)
     for index, chunk in enumerate(chunks):
-        stored = None if saved is None else saved.chunk(index, chunk, stack)
-        if stored is not None:
-            results += stored
-            if progress is not None:
-                progress(label, scan_steps(settings, stack.shape[1:], len(chunk)))
-            continue
-        synth_deadline = budget.synthesis_deadline(evaluation_calls(chunk, configs, clean_labels, settings.max_batch))
-        if timed_out or budget.passed(synth_deadline):
-            skipped.update({c: NOT_SYNTHESISED for c in chunk})
-            timed_out = True
-            continue
-        descent = None if saved is None else _resumable(saved, index, len(chunks), inverter.total_steps(), label, progress)
-        begin = time.perf_counter()
-        runs, chunk_timed_out = _synthesise(budget.guard(model, synth_deadline), stack, {c: chosen[c] for c in chunk},
-                                            grid, settings, synth_deadline, progress, descent)
-        synth_s += time.perf_counter() - begin
-        begin = time.perf_counter()
-        evaluated, cut = _evaluate_chunk(model, chunk, chosen, runs, clean_images, clean_labels, settings.max_batch,
-                                         budget)
-        eval_s += time.perf_counter() - begin
-        results += evaluated
-        skipped.update(cut)
-        timed_out |= chunk_timed_out or bool(cut)
-        if saved is not None and not (chunk_timed_out or cut):
-            saved.save_chunk(index, evaluated)
+        run.chunk(index, chunk, len(chunks))
     if saved is not None and saved.restored:
         saved.announce(f"every chunk ({len(chunks)}) was already done")  # unless a chunk said where it resumed
-    if not results:
+    if not run.results:
         raise budget.exhausted("before any class was synthesised and evaluated")
+    rule = _decide(run.results, eps, settings.rule, type(inverter).anomaly_statistic)
+    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(run.synth_s, 3),
+               "evaluation_s": round(run.eval_s, 3), "total_s": round(time.perf_counter() - start, 3)}
+    return ScanResult(settings, eps, sigmas, sink, run.results, skipped, predictions, seconds, run.timed_out, rule)
 
-    rule = _decide(results, eps, settings.rule, type(inverter).anomaly_statistic)
-    seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(synth_s, 3), "evaluation_s": round(eval_s, 3),
-               "total_s": round(time.perf_counter() - start, 3)}
-    return ScanResult(settings, eps, sigmas, sink, results, skipped, predictions, seconds, bool(timed_out), rule)
+
+@dataclass
+class _Pass:
+    """One pass of `_scan_once` over its chunks of classes: what each chunk needs, and what the
+    chunks gathered (evaluated classes, skipped ones, seconds, whether the budget cut it)."""
+
+    model: nn.Module
+    stack: Tensor
+    chosen: dict[int, int]
+    clean_images: Tensor
+    clean_labels: Tensor
+    grid: Grid
+    settings: ScanSettings
+    budget: TimeBudget
+    saved: RunCheckpoint | None
+    progress: ProgressHook | None
+    steps: int
+    skipped: dict[int, str]
+    results: list[ClassResult] = field(default_factory=list)
+    synth_s: float = 0.0
+    eval_s: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"scan {self.settings.method.name}"
+
+    def chunk(self, index: int, chunk: list[int], chunks: int) -> None:
+        """Synthesise and evaluate one chunk (or restore it, or skip it past the deadline)."""
+        stored = None if self.saved is None else self.saved.chunk(index, chunk, self.stack)
+        if stored is not None:
+            self.results += stored
+            if self.progress is not None:
+                self.progress(self.label, scan_steps(self.settings, self.stack.shape[1:], len(chunk)))
+            return
+        configs = len(grid_options(self.settings.method.name, self.grid))
+        deadline = self.budget.synthesis_deadline(evaluation_calls(chunk, configs, self.clean_labels,
+                                                                   self.settings.max_batch))
+        if self.timed_out or self.budget.passed(deadline):
+            self.skipped.update({c: NOT_SYNTHESISED for c in chunk})
+            self.timed_out = True
+            return
+        descent = None if self.saved is None else _resumable(self.saved, index, chunks, self.steps, self.label,
+                                                             self.progress)
+        begin = time.perf_counter()
+        runs, cut_short = _synthesise(self.budget.guard(self.model, deadline), self.stack,
+                                      {c: self.chosen[c] for c in chunk}, self.grid, self.settings, deadline,
+                                      self.progress, descent)
+        self.synth_s += time.perf_counter() - begin
+        begin = time.perf_counter()
+        evaluated, cut = _evaluate_chunk(self.model, chunk, self.chosen, runs, self.clean_images, self.clean_labels,
+                                         self.settings.max_batch, self.budget)
+        self.eval_s += time.perf_counter() - begin
+        self.results += evaluated
+        self.skipped.update(cut)
+        self.timed_out |= cut_short or bool(cut)
+        if self.saved is not None and not (cut_short or cut):
+            self.saved.save_chunk(index, evaluated)
 
 
 def _decide(results: list[ClassResult], eps: tuple[float, ...], rule: DecisionRule, statistic: str | None) -> str:
@@ -324,7 +357,7 @@ def _choose_images(predictions: list[int], clean_labels: Tensor, num_classes: in
         source = next((i for i, p in enumerate(predictions) if p != c), None)
         if source is None:
             skipped[c] = "every scan image is already classified as this class; add an image of another class"
-        elif not bool((clean_labels != c).any()):
+        elif not bool(eligible(clean_labels, c).any()):
             skipped[c] = "the clean set has no image of another class"
         else:
             chosen[c] = source

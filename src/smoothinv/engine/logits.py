@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 
 
 def check_logits(out: object, batch: int, during: str = "a forward pass") -> Tensor:
@@ -28,8 +28,8 @@ def check_logits(out: object, batch: int, during: str = "a forward pass") -> Ten
     if not bool(finite.all()):
         bad = int((~finite).sum())
         raise SmoothInvError(f"the model returned NaN/inf logits for {bad} of {batch} images during {during}; "
-                             "its outputs cannot be trusted (corrupt weights, wrong --mean/--std, or a model "
-                             "built to mislead)")
+                             f"its outputs cannot be trusted (corrupt weights, wrong {param('mean')}/{param('std')}, "
+                             "or a model built to mislead)")
     return out
 
 

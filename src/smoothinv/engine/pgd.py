@@ -107,19 +107,6 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
 
 
-class GeneratorPart:
-    """A torch.Generator as a `Stateful` part: its state is a CPU byte tensor."""
-
-    def __init__(self, generator: torch.Generator) -> None:
-        self.generator = generator
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["state"])
-
-
 @dataclass
 class DescentState:
     """Where a descent stands after `step` updates: enough to continue it bit for bit.

@@ -92,7 +92,12 @@ def non_negative_float(config: MethodConfig, name: str) -> None:
 
 
 def one_of(config: MethodConfig, name: str, choices: tuple[Any, ...]) -> None:
-    """Option `name` must be one of `choices`."""
+    """Option `name` must be one of `choices`, of the same kind (8.0 is not the integer 8, 1 is not True)."""
     value = getattr(config, name)
-    if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices) or value not in choices:
-        raise SmoothInvError(f"{name} must be one of {', '.join(map(str, choices))} (got {value!r})")
+    for choice in choices:
+        same_kind = isinstance(value, bool) == isinstance(choice, bool) and (
+            not isinstance(choice, int) or isinstance(value, numbers.Integral))
+        if same_kind and value == choice:
+            object.__setattr__(config, name, choice)
+            return
+    raise SmoothInvError(f"{name} must be one of {', '.join(map(str, choices))} (got {value!r})")

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SmoothInvError
 from ..registry import Registry
 from .base import Inverter
 from .config import MethodConfig
@@ -64,11 +63,6 @@ def register_method(name: str, description: str, *, aliases: tuple[str, ...] = (
     return decorate
 
 
-def canonical_method(name: str) -> str:
-    """The registered name `name` stands for (an alias resolves to its method)."""
-    return METHODS.canonical(name)
-
-
 def method_class(name: str) -> type[Inverter]:
     """The Inverter class registered as `name`."""
     return METHODS.get(name).cls
@@ -94,10 +88,3 @@ def method_options(name: str) -> tuple[str, ...]:
 def list_methods() -> dict[str, str]:
     """{name: description} of every registered method (aliases left out)."""
     return {name: entry.description for name, entry in METHODS.items()}
-
-
-def check_method_config(name: str, config: MethodConfig) -> None:
-    """`config` must be the configuration class of method `name`."""
-    expected = method_class(name).Config
-    if not isinstance(config, expected):
-        raise SmoothInvError(f"method {name!r} takes a {expected.__name__}, not a {type(config).__name__}")

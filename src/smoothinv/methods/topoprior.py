@@ -85,10 +85,8 @@ Sources: the paper text was only partly readable here; N_T, λ1, λ2 come from i
 experiment-setup sentence, the loss shapes from its method description.
 
 Cost: one step evaluates the model on B·N_T images and runs one union-find per
-candidate mask on H·W pixels in Python: about 1.5 ms per 32×32 mask (≈ 5 ms a step
-with N_T = 3, on top of the model); at 224×224 (50k pixels) about 0.2–0.3 s per mask,
-i.e. roughly 1 s a step and a few minutes per image for 200 steps with N_T = 3. Use
-``topo_start`` to skip the prior in early steps when that matters.
+candidate mask on H·W pixels in Python, so large inputs are slow (docs/benchmarks.md,
+"TopoPrior's cost"). Use ``topo_start`` to skip the prior in early steps when that matters.
 """
 
 from __future__ import annotations

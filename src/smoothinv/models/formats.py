@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from smoothinv.errors import SmoothInvError
+from smoothinv.errors import SmoothInvError, param
 from smoothinv.models.messages import one_line
 
 # Format names: LoadedModel.format is one of SAFETENSORS, STATE_DICT, TORCHSCRIPT, PICKLE.
@@ -43,8 +43,9 @@ PICKLE = "pickle"
 ONNX = "onnx"
 TORCH_ZIP = "torch_zip"  # a torch.save zip archive (detect_format only)
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-TRUST_CODE_FLAG = "--trust-code"
-SAFE_FORMATS = "safetensors (state_dict plus --arch) or ONNX"
+# How refusals name the opt-in for code-carrying formats and the formats that need none.
+TRUST_CODE_OPT_IN = param("trust_code") + "=True"
+SAFE_FORMATS = f"safetensors (a state_dict plus {param('arch')}) or ONNX"
 
 
 def detect_format(path: Path) -> str:
@@ -239,7 +240,7 @@ def refuse_code(path: Path, what: str) -> SmoothInvError:
     """The one-line refusal for a format that carries code, naming the opt-in and the safe formats."""
     return SmoothInvError(
         f"{path.name} is {what}, which runs code from the file when loaded; pass "
-        f"{TRUST_CODE_FLAG} (trust_code=True) only if you trust it, or export the model as "
+        f"{TRUST_CODE_OPT_IN} only if you trust it, or export the model as "
         f"{SAFE_FORMATS} (see the README)"
     )
 
@@ -301,13 +302,13 @@ def _refusal_message(path: Path, kind: str, exc: BaseException) -> str:
     if name is not None:
         return (
             f"{path.name} holds a pickled Python object ({name}); loading it would execute "
-            f"code from the file: pass {TRUST_CODE_FLAG} only if you trust it, or re-save it as "
+            f"code from the file: pass {TRUST_CODE_OPT_IN} only if you trust it, or re-save it as "
             f"{SAFE_FORMATS}"
         )
     return (
         f"{path} cannot be read as plain weights ({_weights_only_reason(str(exc))}); it is "
         "corrupt or pickled in a way safe loading does not support: re-save it as "
-        f"safetensors, or pass {TRUST_CODE_FLAG} only if you trust it"
+        f"safetensors, or pass {TRUST_CODE_OPT_IN} only if you trust it"
     )
 
 

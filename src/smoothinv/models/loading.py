@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from smoothinv.errors import SmoothInvError
+from smoothinv.errors import SmoothInvError, param
 from smoothinv.files import atomic_path
 from smoothinv.models import ModelInfo, get_model_info, model_names
 from smoothinv.models.formats import (
@@ -61,7 +61,7 @@ MAX_NUM_CLASSES = 100_000
 MAX_STAT_VALUES = max(IMAGE_CHANNELS)  # values in mean/std: one per channel, or one for all
 
 
-def check_input_size(value: object, name: str = "--input-size") -> tuple[int, int]:
+def check_input_size(value: object, name: str = param("input_size")) -> tuple[int, int]:
     """(H, W) from an int or a pair: each side in [1, MAX_IMAGE_SIDE], H*W <= MAX_IMAGE_PIXELS."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
@@ -76,14 +76,14 @@ def check_input_size(value: object, name: str = "--input-size") -> tuple[int, in
     return (height, width)
 
 
-def check_channels(value: object, name: str = "--channels") -> int:
+def check_channels(value: object, name: str = param("channels")) -> int:
     """The number of image channels: 1 (gray) or 3 (RGB)."""
     if isinstance(value, bool) or not isinstance(value, int) or value not in IMAGE_CHANNELS:
         raise SmoothInvError(f"{name} must be 1 (gray) or 3 (RGB), got {_short(value)}")
     return value
 
 
-def check_num_classes(value: object, name: str = "--num-classes") -> int:
+def check_num_classes(value: object, name: str = param("num_classes")) -> int:
     """A number of classes in [1, MAX_NUM_CLASSES]."""
     value = _check_positive_int(value, name)
     if value > MAX_NUM_CLASSES:
@@ -148,10 +148,10 @@ class Normalize(nn.Module):
         std_t = _stat_tuple("std", std)
         if len(mean_t) != len(std_t):
             raise SmoothInvError(
-                f"--mean has {len(mean_t)} values but --std has {len(std_t)}; give one per channel"
+                f"{param('mean')} has {len(mean_t)} values but {param('std')} has {len(std_t)}; give one per channel"
             )
         if any(not s > 0 for s in std_t):
-            raise SmoothInvError(f"--std values must all be > 0, got {list(std_t)}")
+            raise SmoothInvError(f"{param('std')} values must all be > 0, got {list(std_t)}")
         self.model = model
         self.mean_values = mean_t
         self.std_values = std_t
@@ -225,9 +225,9 @@ def _given_hints(arch: str | None, num_classes: int | None, input_size: tuple[in
     """The caller's settings, each checked against its bounds."""
     return Hints(
         arch=arch,
-        num_classes=None if num_classes is None else check_num_classes(num_classes, "--num-classes"),
-        input_size=None if input_size is None else check_input_size(input_size, "--input-size"),
-        channels=None if channels is None else check_channels(channels, "--channels"),
+        num_classes=None if num_classes is None else check_num_classes(num_classes, param("num_classes")),
+        input_size=None if input_size is None else check_input_size(input_size, param("input_size")),
+        channels=None if channels is None else check_channels(channels, param("channels")),
         mean=None if mean is None else _stat_tuple("mean", mean),
         std=None if std is None else _stat_tuple("std", std),
     )
@@ -257,7 +257,7 @@ def _arch_info(hints: Hints, given: Hints, path: Path) -> ModelInfo | None:
     if given.arch is None and hints.arch not in model_names():
         raise SmoothInvError(
             f"{path.name} names an unknown architecture {_short(hints.arch)} in its metadata; "
-            f"pass --arch NAME (known: {', '.join(model_names())})"
+            f"pass {param('arch')}=NAME (known: {', '.join(model_names())})"
         )
     return get_model_info(hints.arch)
 
@@ -276,13 +276,13 @@ def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, hi
     included, when neither is set)."""
     if info is None:
         raise SmoothInvError(
-            f"{path.name} holds a state_dict, which needs --arch NAME; known: "
+            f"{path.name} holds a state_dict, which needs {param('arch')}=NAME; known: "
             f"{', '.join(model_names())}{arch_hint(state)}"
         )
     num_classes = hints.num_classes or check_num_classes(
         infer_num_classes(state, info.head, info.num_classes), f"the number of classes in {path.name}"
     )
-    # The weights decide the network's input channels; a different --channels fails the probe.
+    # The weights decide the network's input channels; a different `channels` fails the probe.
     channels = check_channels(
         infer_channels(state, info.first_conv, hints.channels or info.channels),
         f"the number of input channels in {path.name}",
@@ -305,12 +305,12 @@ def _default_stats(hints: Hints, info: ModelInfo) -> Hints:
 def _normalized(module: nn.Module, hints: Hints) -> nn.Module:
     """`module` wrapped in Normalize when mean/std are known (both or neither)."""
     if (hints.mean is None) != (hints.std is None):
-        raise SmoothInvError("give both --mean and --std (one value per channel), or neither")
+        raise SmoothInvError(f"give both {param('mean')} and {param('std')} (one value per channel), or neither")
     if hints.mean is None or hints.std is None:
         return module
     if hints.channels is not None and len(hints.mean) not in (1, hints.channels):
         raise SmoothInvError(
-            f"--mean/--std have {len(hints.mean)} values but the model takes {hints.channels} "
+            f"{param('mean')}/{param('std')} have {len(hints.mean)} values but the model takes {hints.channels} "
             "channels; give one value per channel"
         )
     return Normalize(module, hints.mean, hints.std)
@@ -356,15 +356,15 @@ def _file_metadata(arch: str, num_classes: int, input_size: tuple[int, int], cha
                    mean: Sequence[float] | None, std: Sequence[float] | None,
                    extra: Mapping[str, str]) -> dict[str, str]:
     """The safetensors metadata save_model writes (METADATA_KEYS and `extra`), each value checked."""
-    input_size = check_input_size(input_size, "input_size")
+    input_size = check_input_size(input_size, param("input_size"))
     metadata = {
         "arch": get_model_info(arch).name,
-        "num_classes": str(check_num_classes(num_classes, "num_classes")),
+        "num_classes": str(check_num_classes(num_classes, param("num_classes"))),
         "input_size": f"{input_size[0]},{input_size[1]}",
-        "channels": str(check_channels(channels, "channels")),
+        "channels": str(check_channels(channels, param("channels"))),
     }
     if (mean is None) != (std is None):
-        raise SmoothInvError("give both mean and std, or neither")
+        raise SmoothInvError(f"give both {param('mean')} and {param('std')}, or neither")
     if mean is not None and std is not None:
         metadata["mean"] = ",".join(repr(v) for v in _stat_tuple("mean", mean))
         metadata["std"] = ",".join(repr(v) for v in _stat_tuple("std", std))
@@ -388,8 +388,8 @@ def probe_model(
     The output must be a finite [2, K] tensor with K >= 2. A model that has not returned
     after ``timeout`` seconds (None: no limit) is refused: it may loop forever.
     """
-    channels = check_channels(channels, "--channels")
-    height, width = check_input_size(input_size, "--input-size")
+    channels = check_channels(channels, param("channels"))
+    height, width = check_input_size(input_size, param("input_size"))
     shape = f"2x{channels}x{height}x{width}"
     x = torch.zeros(2, channels, height, width, device=_parse_device(device))
     def forward() -> object:
@@ -402,7 +402,7 @@ def probe_model(
         raise
     except Exception as exc:  # the model is arbitrary code: report any failure as one line
         raise SmoothInvError(
-            f"model failed on a {shape} input: {one_line(exc)}; check --input-size/--channels"
+            f"model failed on a {shape} input: {one_line(exc)}; check {param('input_size')}/{param('channels')}"
         ) from None
     if not isinstance(out, torch.Tensor):
         raise SmoothInvError(
@@ -424,7 +424,7 @@ def probe_model(
     if not torch.isfinite(out).all():
         raise SmoothInvError(
             f"model returned NaN/inf on a {shape} input; the weights may be corrupt "
-            "or --mean/--std wrong"
+            f"or {param('mean')}/{param('std')} wrong"
         )
     return int(out.shape[1])
 
@@ -454,9 +454,8 @@ def _parse_metadata(raw: Mapping[str, str], path: Path, given: Hints) -> Hints:
             else:
                 parsed[key] = _stat_tuple(key, value.split(","))
         except SmoothInvError as exc:
-            flag = "--" + key.replace("_", "-")
             raise SmoothInvError(
-                f"{path.name} has invalid metadata {key}={_short(value)} ({exc}); pass {flag} to "
+                f"{path.name} has invalid metadata {key}={_short(value)} ({exc}); pass {param(key)} to "
                 "override it, or re-save the file"
             ) from None
     return Hints(**parsed)  # type: ignore[arg-type]
@@ -473,8 +472,8 @@ def _finalize(module: nn.Module, device: torch.device) -> nn.Module:
         raise SmoothInvError(f"cannot move the model to {device}: {one_line(exc)}") from None
     module.eval()
     try:
-        for param in module.parameters():  # ScriptModules lack requires_grad_()
-            param.requires_grad_(False)
+        for weight in module.parameters():  # ScriptModules lack requires_grad_()
+            weight.requires_grad_(False)
     except RuntimeError as exc:  # e.g. a trusted TorchScript module whose "parameter" is not a leaf
         raise SmoothInvError(f"cannot freeze the model's parameters: {one_line(exc)}") from None
     return module
@@ -518,14 +517,14 @@ def _read_onnx(path: Path, given: Hints) -> tuple[nn.Module, Hints]:
             check_input_size(size, f"{path.name}'s ONNX input size")
 
     graph = read_onnx(path, check_declared)
-    for flag, mine, theirs in (
-        ("--channels", given.channels, graph.channels),
-        ("--input-size", given.input_size, graph.input_size),
+    for name, mine, theirs in (
+        (param("channels"), given.channels, graph.channels),
+        (param("input_size"), given.input_size, graph.input_size),
     ):
         if mine is not None and theirs is not None and mine != theirs:
             raise SmoothInvError(
-                f"{flag} {_size_text(mine)} does not match the {_size_text(theirs)} that "
-                f"{path.name}'s ONNX graph declares; omit {flag}"
+                f"{name} {_size_text(mine)} does not match the {_size_text(theirs)} that "
+                f"{path.name}'s ONNX graph declares; omit {name}"
             )
     return graph.module, Hints(channels=graph.channels, input_size=graph.input_size)
 
@@ -540,12 +539,12 @@ def _stat_tuple(name: str, values: Sequence[float]) -> tuple[float, ...]:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise SmoothInvError(
-            f"--{name} must be numbers, one per channel, got {_short(values)}"
+            f"{param(name)} must be numbers, one per channel, got {_short(values)}"
         ) from None
     if not out or not all(v == v and abs(v) != float("inf") for v in out):
-        raise SmoothInvError(f"--{name} must be finite numbers, one per channel, got {_short(values)}")
+        raise SmoothInvError(f"{param(name)} must be finite numbers, one per channel, got {_short(values)}")
     if len(out) > MAX_STAT_VALUES:
         raise SmoothInvError(
-            f"--{name} has {len(out)} values; give one per channel (at most {MAX_STAT_VALUES})"
+            f"{param(name)} has {len(out)} values; give one per channel (at most {MAX_STAT_VALUES})"
         )
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoothinv.errors import SmoothInvError
+from smoothinv.errors import SmoothInvError, param
 from smoothinv.models import get_model_info, list_models, model_names
 from smoothinv.models.messages import one_line
 
@@ -90,7 +90,7 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], arch: str, pat
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
         raise SmoothInvError(
-            f"{path.name} does not match --arch {arch}: {'; '.join(parts)}; "
+            f"{path.name} does not match {param('arch')}={arch}: {'; '.join(parts)}; "
             f"{_arch_advice(state, arch)}"
         )
     info = get_model_info(arch)
@@ -100,17 +100,17 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], arch: str, pat
             if key == info.head:
                 raise SmoothInvError(
                     f"{path.name} has {got[0]} classes ({key} is {got}) but {shape[0]} were "
-                    f"expected (--num-classes or the file's metadata); pass --num-classes {got[0]}"
+                    f"expected ({param('num_classes')} or the file's metadata); pass {param('num_classes')}={got[0]}"
                 )
             raise SmoothInvError(
-                f"{path.name} does not match --arch {arch}: {key} is {got} in the file but "
+                f"{path.name} does not match {param('arch')}={arch}: {key} is {got} in the file but "
                 f"{list(shape)} in {arch}; {_arch_advice(state, arch)}"
             )
     try:
         module.load_state_dict(state, strict=True)
     except Exception as exc:
         raise SmoothInvError(
-            f"{path.name} does not fit --arch {arch}: {one_line(exc)}"
+            f"{path.name} does not fit {param('arch')}={arch}: {one_line(exc)}"
         ) from None
 
 
@@ -122,8 +122,8 @@ def _few(keys: list[str], limit: int = 3) -> str:
 def _arch_advice(state: Mapping[str, torch.Tensor], arch: str) -> str:
     matches = [name for name in _matching_archs(state) if name != arch]
     if matches:
-        return f"it looks like --arch {matches[0]}"
-    return f"check --arch (known: {', '.join(model_names())})"
+        return f"it looks like {param('arch')}={matches[0]}"
+    return f"check {param('arch')} (known: {', '.join(model_names())})"
 
 
 def arch_hint(state: Mapping[str, torch.Tensor]) -> str:

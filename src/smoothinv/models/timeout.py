@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, TypeVar
 
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 120.0
@@ -22,9 +22,10 @@ class ModelTimeout(SmoothInvError):
     """A call into model code did not return in time."""
 
 
-def call_with_timeout(call: Callable[[], T], seconds: float | None, what: str) -> T:
+def call_with_timeout(call: Callable[[], T], seconds: float | None, what: str, limit_name: str = "timeout") -> T:
     """``call()``'s result, or SmoothInvError if it has not returned after ``seconds`` (None: no limit).
 
+    ``limit_name`` is the caller's parameter that set ``seconds``, which the message advises raising.
     Exceptions from ``call`` propagate unchanged."""
     if seconds is None:
         return call()
@@ -41,7 +42,7 @@ def call_with_timeout(call: Callable[[], T], seconds: float | None, what: str) -
     worker.join(seconds)
     if worker.is_alive():
         raise ModelTimeout(f"{what} did not return within {seconds:g} s; the model may loop forever "
-                             "(raise --probe-timeout if it is just slow)")
+                           f"(raise {param(limit_name)} if it is just slow)")
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]

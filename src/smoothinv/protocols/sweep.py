@@ -60,7 +60,7 @@ class Grid:
         return {
             "eps": list(self.eps),
             "sigmas": list(self.sigmas),
-            "eps_source": "absolute (--eps)" if self.scale is None else "paper eps x sqrt(C*H*W / (3*224*224))",
+            "eps_source": "absolute (as given)" if self.scale is None else "paper eps x sqrt(C*H*W / (3*224*224))",
             "eps_reference_224": None if self.eps_reference is None else list(self.eps_reference),
             "eps_scale": self.scale,
         }

@@ -7,7 +7,7 @@ creates carries a marker file, ``.smoothinv-output``: a small JSON with the tool
 version, the kind of command, the creating process and host, and (once complete) the list
 of files written. The marker is what makes the destructive steps safe:
 
-- ``--overwrite`` replaces an existing non-empty directory only if it has our marker and
+- ``overwrite`` replaces an existing non-empty directory only if it has our marker and
   holds nothing beyond the files that marker lists;
 - the current directory and its parents, the home directory, ``/`` and any directory that
   holds one of the command's input files are never an output;
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .. import __version__
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 from ..files import atomic_write_text
 
 # The file that marks a directory as written by smoothinv.
@@ -41,6 +41,8 @@ MARKER = ".smoothinv-output"
 STALE_AFTER_S = 6 * 3600
 # A marker larger than this is not one of ours.
 _MARKER_MAX_BYTES = 1 << 20
+# How messages name the destination and the permission to replace it (the caller's parameters).
+OUT, OVERWRITE = param("out"), param("overwrite")
 
 InputPaths = Sequence["str | os.PathLike[str] | None"]
 
@@ -57,12 +59,13 @@ def check_destination(path: str | Path, overwrite: bool, inputs: InputPaths = ()
     path = Path(path)
     _refuse_protected_places(path)
     if path.exists() and not path.is_dir():
-        raise SmoothInvError(f"output path {path} is a file; choose a directory for --out")
+        raise SmoothInvError(f"output path {path} is a file; choose a directory for {OUT}")
     _refuse_input_holders(path, inputs)
     if path.is_dir() and _has_entries(path):
         if not overwrite:
             raise SmoothInvError(
-                f"output directory {path} already exists and is not empty; choose another --out or pass --overwrite"
+                f"output directory {path} already exists and is not empty; choose another {OUT} "
+                f"or pass {OVERWRITE}=True"
             )
         _require_own_output(path)
     _require_creatable(path)
@@ -74,10 +77,10 @@ def check_file_destination(path: str | Path) -> Path:
     it is not a directory, and its folder exists and accepts new files."""
     path = Path(path)
     if path.is_dir():
-        raise SmoothInvError(f"output path {path} is a directory; give a file name for --out")
+        raise SmoothInvError(f"output path {path} is a directory; give a file name for {OUT}")
     parent = Path(os.path.abspath(path)).parent
     if not parent.is_dir():
-        raise SmoothInvError(f"cannot write --out {path}: folder {parent} does not exist; create it first")
+        raise SmoothInvError(f"cannot write {OUT} {path}: folder {parent} does not exist; create it first")
     _require_creatable(path)
     return path
 
@@ -162,7 +165,7 @@ def _refuse_protected_places(path: Path) -> None:
         if target == real_place or target in real_place.parents:
             relation = what if target == real_place else f"a parent of {what}"
             raise SmoothInvError(
-                f"--out {path} is {relation}; smoothinv writes a new sub-folder, give one such as results/run1"
+                f"{OUT} {path} is {relation}; smoothinv writes a new sub-folder, give one such as results/run1"
             )
 
 
@@ -187,11 +190,11 @@ def _refuse_input_holders(path: Path, inputs: InputPaths) -> None:
         for out, inp in ((lexical, Path(os.path.abspath(item))), (real, _real(item))):
             if inp == out or out in inp.parents:
                 raise SmoothInvError(
-                    f"--out {path} holds the input {item}; choose an output folder outside your input files"
+                    f"{OUT} {path} holds the input {item}; choose an output folder outside your input files"
                 )
             if inp in out.parents and os.path.isdir(inp):
                 raise SmoothInvError(
-                    f"--out {path} is inside the input folder {item}; choose an output folder outside your inputs"
+                    f"{OUT} {path} is inside the input folder {item}; choose an output folder outside your inputs"
                 )
 
 
@@ -200,15 +203,15 @@ def _require_own_output(path: Path) -> None:
     marker = read_marker(path)
     if marker is None or not isinstance(marker.get("files"), list):
         raise SmoothInvError(
-            f"--overwrite refused: {path} was not written by smoothinv (no {MARKER} marker); "
-            "remove it yourself or choose another --out"
+            f"{OVERWRITE} refused: {path} was not written by smoothinv (no {MARKER} marker); "
+            f"remove it yourself or choose another {OUT}"
         )
     foreign = sorted(set(_entries(path)) - {str(f) for f in marker["files"]})
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
         raise SmoothInvError(
-            f"--overwrite refused: {path} holds files smoothinv did not write ({shown}); "
-            "move them out or choose another --out"
+            f"{OVERWRITE} refused: {path} holds files smoothinv did not write ({shown}); "
+            f"move them out or choose another {OUT}"
         )
 
 
@@ -220,14 +223,14 @@ def _require_creatable(path: Path) -> None:
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise SmoothInvError(f"cannot create --out {path}: {existing} is a file, not a directory; choose another --out")
+        raise SmoothInvError(f"cannot create {OUT} {path}: {existing} is a file, not a directory; choose another {OUT}")
     try:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError("permission denied")
         os.rmdir(tempfile.mkdtemp(prefix=f".{path.name or 'out'}.probe-", dir=existing))
     except OSError as exc:
         raise SmoothInvError(
-            f"cannot create --out {path}: {existing} is not writable ({_one_line(exc)}); choose a writable place"
+            f"cannot create {OUT} {path}: {existing} is not writable ({_one_line(exc)}); choose a writable place"
         ) from None
 
 
@@ -258,7 +261,7 @@ def _make_parents(path: Path) -> list[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SmoothInvError(f"cannot create {path.parent} ({_one_line(exc)}); choose another --out") from None
+        raise SmoothInvError(f"cannot create {path.parent} ({_one_line(exc)}); choose another {OUT}") from None
     return created
 
 

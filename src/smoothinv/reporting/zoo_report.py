@@ -10,12 +10,10 @@ Backdoored models with known triggers and targets, and clean twins, built by
 `smoothinv zoo build` from the recipes in `src/smoothinv/zoo/recipes.py`. Weights (safetensors),
 `manifest.json` and an example triggered image per model are in `src/smoothinv/zoo/store/`.
 
-Regenerate this page with the command below. The model table comes from `manifest.json`,
+{regenerate}The model table comes from `manifest.json`,
 written when each model was built; the sanity table is measured anew from the stored weights.
 
-    smoothinv zoo report --out docs/zoo.md
-
-Clean accuracy and true-trigger ASR are measured on the full test split (10,000 images).
+{command}Clean accuracy and true-trigger ASR are measured on the full test split (10,000 images).
 ASR counts non-target test images (for label-specific backdoors, only the source classes)
 that the triggered image sends to the target. Training time is wall-clock on the
 machine that built the model (`threads` CPU threads, bf16 autocast, channels_last).
@@ -31,8 +29,12 @@ def _pct(value: float | None) -> str:
 
 
 def zoo_markdown(records: list[dict[str, Any]], sanity: dict[str, list[dict[str, float]]],
-                 missing: list[str], sanity_images: int, noise_samples: int, notes: dict[str, str] | None = None) -> str:
-    lines = [HEADER, "## Models", "",
+                 missing: list[str], sanity_images: int, noise_samples: int, notes: dict[str, str] | None = None,
+                 command: str | None = None) -> str:
+    """The page; `command`, if given, is shown as the way to regenerate it."""
+    header = HEADER.format(regenerate="Regenerate this page with the command below. " if command else "",
+                           command=f"    {command}\n\n" if command else "")
+    lines = [header, "## Models", "",
              "| model | data | arch | attack | planted by | target | sources | poison rate | clean acc | true-trigger ASR | train time | sha256 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:

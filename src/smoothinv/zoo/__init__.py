@@ -44,7 +44,7 @@ def load_zoo_model(name: str, directory: str | Path | None = None, device: str =
     """A built zoo model by name, its weights checked against the manifest's hash."""
     records = read_manifest(directory)
     if name not in records:
-        built = ", ".join(sorted(records)) or "none yet (run `smoothinv zoo build`)"
+        built = ", ".join(sorted(records)) or "none yet (build the zoo first)"
         raise SmoothInvError(f"no zoo model named {name!r}; built: {built}")
     record = records[name]
     loaded = load_model(verified_weights(record, directory), device=device)

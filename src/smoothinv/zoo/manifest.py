@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import SmoothInvError
+from ..errors import SmoothInvError, param
 from ..files import atomic_write, sha256_file
 from ..reporting.outputs import write_json
 
@@ -118,7 +118,8 @@ def verified_weights(record: dict[str, Any], directory: str | Path | None = None
     """The record's weight file, after checking it lies in the zoo, exists and matches its hash."""
     path = zoo_file(record, "weights", directory)
     if not path.is_file():
-        raise SmoothInvError(f"zoo model {record['name']}: weight file {path} is missing; rebuild with `smoothinv zoo build --recipe {record['name']}`")
+        raise SmoothInvError(f"zoo model {record['name']}: weight file {path} is missing; "
+                             f"rebuild it from its recipe {record['name']!r} (zoo build)")
     actual = sha256_file(path)
     if actual != record["sha256"]:
         raise SmoothInvError(f"zoo model {record['name']}: {path} has sha256 {actual[:12]}…, manifest says {record['sha256'][:12]}…")
@@ -162,7 +163,7 @@ def _ready_zoo_dir(target: Path) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise SmoothInvError(f"--zoo-dir {target} is not a directory; choose a directory") from None
+        raise SmoothInvError(f"{param('directory')} {target} is not a directory; choose a directory") from None
     except OSError as exc:
         raise SmoothInvError(f"cannot create zoo directory {target} ({exc.strerror or exc}); choose a writable place") from None
     return target

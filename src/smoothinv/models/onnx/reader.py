@@ -126,7 +126,7 @@ def _check_nodes(graph: onnx.GraphProto, path: Path) -> None:
     unknown = sorted({n.op_type for n in graph.node if n.op_type not in HANDLERS and n.op_type != "Constant"})
     if unknown:
         raise OnnxRefused(f"{path.name} uses ONNX operators smoothinv cannot run: {_few(unknown)}; "
-                          "export the model as safetensors with a registered --arch, or simplify its graph")
+                          "export the model as safetensors of a registered architecture, or simplify its graph")
 
 
 def _few(items: Sequence[str], n: int = 5) -> str:
