@@ -1,7 +1,7 @@
 """How far apart are perturbations synthesised at different --max-batch values?
 
-The smoothed classifier draws its noise chunk by chunk from one generator; chunking changes
-only the order of floating-point sums. Prints the largest absolute difference of the final
+Each row draws its N noise copies at once from its own generator, whatever the chunking; chunking
+changes only the order of floating-point sums. Prints the largest absolute difference of the final
 perturbation against max_batch=256 (one thread, fmnist-badnets from the zoo, a fixed random
 image, ε=1, σ=0.25, N=8, 50 steps). Usage: OMP_NUM_THREADS=1 python benchmarks/max_batch_rounding.py
 """

@@ -19,7 +19,6 @@ import torch
 
 from ..data.datasets import load_dataset
 from ..detection import ScanSettings, scan
-from ..detection.scan import ScanResult
 from ..errors import SmoothInvError
 from ..labels import eligible
 from ..zoo import list_zoo, load_zoo_model

@@ -116,7 +116,6 @@ class RowsOutcome:
     timed_out: bool = False
 
 
-
 class Inverter(ABC, Generic[C]):
     """An inversion method: synthesise a trigger toward a target class from clean images.
 
