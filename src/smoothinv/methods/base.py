@@ -8,8 +8,9 @@
 model in eval mode and restores it, gives every row its own random generator, times the run
 and packages `InversionResult`s. A method implements only its optimisation (`_optimise`: one
 configuration, a batch of rows). `invert_rows` runs many rows with a configuration each (what
-a scan over classes × configurations needs); its default groups rows by configuration, and a
-method that can run different configurations in one batch (SmoothInv) overrides it.
+a scan over classes × configurations needs); it runs one batch per group of rows, and a method
+that can run different configurations in one batch says which rows group together (`_group`;
+SmoothInv: rows that differ only in ε and σ) and how a group runs (`_optimise_group`).
 
 Row independence: row b draws its noise or random start only from its own generator, seeded
 with the run's seed. A row's result is therefore the same alone as in any batch (up to float
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -192,7 +193,7 @@ class Inverter(ABC, Generic[C]):
 
     def rows_steps(self, configs: Sequence[C]) -> int:
         """Optimisation steps `invert_rows` makes for rows at `configs` (for progress bars)."""
-        return sum(c.steps for c in _distinct(configs))  # type: ignore[attr-defined]
+        return sum(group.steps for group in _distinct([self._group(c) for c in configs]))  # type: ignore[attr-defined]
 
     def total_steps(self) -> int:
         """Optimisation steps one call makes at this configuration."""
@@ -200,23 +201,42 @@ class Inverter(ABC, Generic[C]):
 
     # ----------------------------------------------------------------------- overridable parts
 
+    def _group(self, config: C) -> C:
+        """The part of a row's configuration that rows must share to run as one batch (by
+        default all of it; SmoothInv lets ε and σ differ within a batch)."""
+        return config
+
+    def _optimise_group(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[C],
+                        generators: list[torch.Generator], callback: StepCallback | None,
+                        control: RowControl) -> tuple[list[Found], bool]:
+        """One batch of rows of one group (row b at configs[b]): (a Found per row, whether the
+        deadline cut it short). The default runs `_optimise` at the group's configuration."""
+        return self._optimise(model, x, y, configs[0], generators, callback), False
+
     def _run_rows(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[C], seed: int,
                   callback: StepCallback | None, control: RowControl) -> tuple[list[Found | None], bool]:
-        """(a Found per row, None where the deadline came first; whether it did). The default runs
-        one batch per distinct configuration, in order, and starts none after the deadline."""
+        """(a Found per row, None where the deadline came first; whether it did): one batch per
+        group of rows (`_group`), in order, none started after the deadline. A checkpoint is
+        handed on only when all rows are one batch."""
+        keys = [self._group(c) for c in configs]
+        groups = _distinct(keys)
+        if len(groups) > 1:
+            control = replace(control, checkpoint=None)
         found: list[Found | None] = [None] * x.shape[0]
-        for config in _distinct(configs):
+        timed_out = False
+        for group in groups:
             if control.passed():
                 return found, True
-            rows = [i for i, c in enumerate(configs) if c == config]
+            rows = [i for i, key in enumerate(keys) if key == group]
             try:
-                batch = self._optimise(model, x[rows], y[rows], config, row_generators(seed, len(rows), x.device),
-                                       callback)
+                batch, cut = self._optimise_group(model, x[rows], y[rows], [configs[i] for i in rows],
+                                                  row_generators(seed, len(rows), x.device), callback, control)
             except DeadlinePassed:
                 return found, True
             for i, f in zip(rows, batch):
                 found[i] = f
-        return found, False
+            timed_out |= cut
+        return found, timed_out
 
     def _row_configs(self, configs: Sequence[C] | None, rows: int) -> list[C]:
         if configs is None:

@@ -21,7 +21,7 @@ from ..engine.early_stop import RowStopper
 from ..engine.pgd import DescentCheckpoint, PGDSettings, PGDTrace, StepCallback, Stateful, descend
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..triggers import AdditiveTrigger
-from .base import Found, Inverter, RowControl, row_generators
+from .base import Found, Inverter, RowControl
 from .config import MethodConfig, bounded_float, non_negative_float, one_of, positive_float, positive_int
 from .eps import scaled_eps
 from .registry import register_method
@@ -109,42 +109,26 @@ class SmoothInv(Inverter[SmoothInvConfig]):
                                                                           type(self.denoiser).__name__)
         return out
 
-    def rows_steps(self, configs: Sequence[AnyConfig]) -> int:  # type: ignore[override]
-        return sum(c.steps for c in _descents(configs))
+    def _group(self, config: AnyConfig) -> AnyConfig:  # type: ignore[override]
+        """Rows that differ only in eps and sigma run as one batched descent."""
+        if isinstance(config, SmoothInvConfig):
+            return replace(config, eps=None, sigma=0.0)
+        return replace(config, eps=None)
 
     def _optimise(self, model: nn.Module, x: Tensor, y: Tensor, config: AnyConfig, generators: list[torch.Generator],
                   callback: StepCallback | None) -> list[Found]:
-        found, _ = self._descend(model, x, y, [config] * x.shape[0], generators, callback, RowControl(), checkpoint=False)
-        return found
+        return self._optimise_group(model, x, y, [config] * x.shape[0], generators, callback, RowControl())[0]
 
-    def _run_rows(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[AnyConfig],  # type: ignore[override]
-                  seed: int, callback: StepCallback | None, control: RowControl) -> tuple[list[Found | None], bool]:
-        """One descent per group of rows that differ only in eps and sigma (a scan: one group)."""
-        groups = _descents(configs)
-        found: list[Found | None] = [None] * x.shape[0]
-        timed_out = False
-        for shared in groups:
-            if control.passed():
-                return found, True
-            rows = [i for i, c in enumerate(configs) if _shared(c) == shared]
-            batch, cut = self._descend(model, x[rows], y[rows], [configs[i] for i in rows],
-                                       row_generators(seed, len(rows), x.device), callback, control,
-                                       checkpoint=len(groups) == 1)
-            for i, f in zip(rows, batch):
-                found[i] = f
-            timed_out |= cut
-        return found, timed_out
-
-    def _descend(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[AnyConfig],
-                 generators: list[torch.Generator], callback: StepCallback | None, control: RowControl, *,
-                 checkpoint: bool) -> tuple[list[Found], bool]:
-        """One batched descent (rows share every option but eps and sigma): (a Found per row,
-        whether the deadline stopped it)."""
+    def _optimise_group(self, model: nn.Module, x: Tensor, y: Tensor, configs: list[AnyConfig],  # type: ignore[override]
+                        generators: list[torch.Generator], callback: StepCallback | None,
+                        control: RowControl) -> tuple[list[Found], bool]:
+        """One batched descent, row b at configs[b]'s eps and sigma: (a Found per row, whether
+        the deadline stopped it)."""
         shape = tuple(x.shape[1:])
         eps = torch.tensor([c.eps if c.eps is not None else scaled_eps(shape) for c in configs], device=x.device)
         sigma = torch.tensor([float(c.sigma) for c in configs], device=x.device)
         stopper = RowStopper(control.stop_prob, control.deadline)
-        saved = control.checkpoint(stopper) if checkpoint and control.checkpoint is not None else None
+        saved = None if control.checkpoint is None else control.checkpoint(stopper)
         trace = self.descend_rows(model, x, y, eps, sigma, configs[0], generators, callback, stopper, saved)
         found = [Found(AdditiveTrigger(trace.perturbation[i].detach().cpu().clone()), trace.loss[:, i],
                        trace.target_prob[:, i], self.describe(configs[i], shape)) for i in range(x.shape[0])]
@@ -195,22 +179,6 @@ class RowGenerators:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for g, s in zip(self.generators, state["states"]):
             g.set_state(s.clone())
-
-
-def _shared(config: AnyConfig) -> AnyConfig:
-    """The options rows must share to run in one descent (eps and sigma may differ)."""
-    if isinstance(config, SmoothInvConfig):
-        return replace(config, eps=None, sigma=0.0)
-    return replace(config, eps=None)
-
-
-def _descents(configs: Sequence[AnyConfig]) -> list[AnyConfig]:
-    """The distinct shared parts of `configs`, in order: one descent each."""
-    out: list[AnyConfig] = []
-    for c in configs:
-        if _shared(c) not in out:
-            out.append(_shared(c))
-    return out
 
 
 register_method("smoothinv", "SmoothInv, the paper's PGD (normalised gradient, constant step)", aliases=("pgd",))(SmoothInv)
