@@ -23,7 +23,7 @@ from smoothinv.errors import SmoothInvError
 from smoothinv.triggers import MaskedTrigger
 
 SHAPES = [(3, 32, 32), (1, 28, 28)]
-ALL = ["badnets", "blend", "blind-g", "blind-p", "blind-s", "clip", "htba", "trojai"]
+ALL = ["badnets", "blend", "blind-g", "blind-p", "blind-s", "clip", "htba", "patch", "trojai"]
 
 
 
@@ -308,3 +308,39 @@ def test_poison_with_all_sources_spares_target_class():
     assert len(out.poisoned) == 15
     assert not (labels[out.poisoned] == 1).any()
     assert torch.equal(out.images[labels == 1], x[labels == 1])
+
+
+# --------------------------------------------------------------------------- patch (the diverse zoo's BadNets variants)
+
+
+@pytest.mark.parametrize("corner, top, left", [("top-left", 1, 1), ("top-right", 1, 27), ("bottom-left", 27, 1),
+                                               ("bottom-right", 27, 27), ("centre", 14, 14)])
+def test_patch_sits_where_its_corner_and_margin_say(corner, top, left):
+    shape = (3, 32, 32)
+    x = images(shape)
+    after = spec("patch", size=4, corner=corner, margin=1, colour=(1.0, 0.0, 0.5)).trigger(shape).apply(x)
+    assert torch.equal(changed(x, after), box(shape, top, left, 4, 4))
+    patch = after[:, :, top : top + 4, left : left + 4]
+    assert torch.equal(patch[:, 0], torch.ones_like(patch[:, 0])) and torch.equal(patch[:, 1], torch.zeros_like(patch[:, 1]))
+    assert torch.allclose(patch[:, 2], torch.full_like(patch[:, 2], 0.5))
+
+
+def test_patch_scales_with_the_image_and_checker_alternates():
+    t = spec("patch", size=4, corner="bottom-right", margin=0, pattern="checker", colour=(1.0,)).trigger((1, 64, 64))
+    assert isinstance(t, MaskedTrigger) and int(t.mask.sum()) == 64  # 8x8 at 64 px
+    cells = t.pattern[0, 56:, 56:]
+    assert cells[0, 0] == 1 and cells[0, 1] == 0 and cells[1, 0] == 0 and cells[1, 1] == 1
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"size": 0}, "size"), ({"margin": -1}, "margin"), ({"colour": (1.5,)}, "colour"), ({"corner": "middle"}, "corner"),
+    ({"pattern": "stripes"}, "pattern"),
+])
+def test_patch_refuses_bad_parameters(params, message):
+    with pytest.raises(SmoothInvError, match=message):
+        spec("patch", **params)
+
+
+def test_patch_colour_must_match_the_channels():
+    with pytest.raises(SmoothInvError, match="3 values; the images have 1 channels"):
+        spec("patch", colour=(1.0, 0.0, 0.0)).trigger((1, 28, 28))

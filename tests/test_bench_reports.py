@@ -192,6 +192,8 @@ def detect(zoo):
     for name, models in (("all", ()), ("a", (BACKDOORED,)), ("b", (CLEAN,))):
         path = zoo_dir.parent / f"detect-{name}.json"
         selection = [a for m in models for a in ("--model", m)]
+        if name == "a":
+            selection += ["--pictures", zoo_dir.parent / "pictures-a"]
         out, _ = ok(cli("bench", "detect", *DETECT, *selection, "--data-root", data, "--out", path, *extra))
         reports[name] = (json.loads(path.read_text()), out)
     merged = zoo_dir.parent / "detect-merged.json"
@@ -258,6 +260,18 @@ def test_detect_shards_scan_each_model_as_the_whole_run_does(detect):
         assert _without_timing(report["rows"][0]) == _without_timing(whole[model])
 
 
+def test_detect_pictures_show_the_true_target_and_every_flagged_class(zoo, detect):
+    zoo_dir, data, records = zoo
+    row = detect["a"][0]["rows"][0]
+    folder = zoo_dir.parent / "pictures-a" / BACKDOORED
+    expected = sorted(set(row["flagged"]) | {records[BACKDOORED]["target"]})
+    assert sorted(int(p.name.removeprefix("class-")) for p in folder.iterdir()) == expected
+    assert all((folder / f"class-{c}" / "overview.png").is_file() for c in expected)
+    code, _, err = cli("bench", "detect", *DETECT, "--model", BACKDOORED, "--data-root", data,
+                       "--pictures", zoo_dir.parent / "pictures-a")
+    assert code == 2 and "not an empty folder" in err
+
+
 def test_merge_of_two_shards_equals_the_whole_run(detect):
     whole, _ = detect["all"]
     merged, out = detect["merged"]
@@ -315,11 +329,12 @@ def test_zoo_report_lists_both_models_with_their_manifest_numbers(zoo, report):
     assert "wrote" in out and "2 models" in out
     table = _table(text, "## Models")
     header, rows = table[0], {r[0]: dict(zip(table[0], r)) for r in table[2:]}
-    assert header[:4] == ["model", "data", "arch", "attack"] and "sha256" in header
+    assert header[:5] == ["model", "data", "arch", "recipe", "attack"] and "sha256" in header
     assert sorted(rows) == sorted(MODELS)
     for name, row in rows.items():
         record = records[name]
         assert row["data"] == "fashion-mnist" and row["arch"] == record["arch"]
+        assert row["recipe"] == "3 ep, lr 0.05, aug, wd 0.0005"
         assert row["sha256"] == f"`{record['sha256'][:12]}`"
         assert _percent(row["clean acc"]) == pytest.approx(100 * record["clean_accuracy"], abs=0.051)
     assert rows[BACKDOORED]["attack"] == "badnets" and rows[BACKDOORED]["target"] == str(records[BACKDOORED]["target"])
@@ -346,3 +361,27 @@ def test_zoo_report_sanity_table_has_every_model_and_sigma(report):
             accuracy, asr = (c.strip() for c in cell.split("/"))
             assert _percent(accuracy) is not None
             assert (_percent(asr) is None) == (name == CLEAN)
+
+
+def test_detect_with_mmbd_scores_every_model_by_its_p_value(zoo):
+    """MM-BD is data-free: one row per model with a p-value and one statistic per class; the scan's
+    flags do not apply to it. (Its reference settings take minutes here: the report is checked
+    with fewer starts and steps through the same benchmark function the command calls.)"""
+    from smoothinv.bench.detect import detect_benchmark
+    from smoothinv.detection.detectors import MaxMarginDetector
+    from smoothinv.detection.max_margin import MaxMarginSettings
+
+    zoo_dir, data, records = zoo
+    report = detect_benchmark(MaxMarginDetector(MaxMarginSettings(images=4, steps=10)), data_root=data, clean_images=10,
+                              log=lambda line: None)
+    assert report["settings"]["method"] == "mmbd" and report["settings"]["images"] == 4
+    assert report["settings"]["steps"] == 10 and report["summary"]["method"] == "mmbd"
+    assert sorted(r["model"] for r in report["rows"]) == sorted(MODELS)
+    for row in report["rows"]:
+        assert 0.0 <= row["p_value"] <= 1.0
+        assert row["score"] == pytest.approx(-math.log10(max(row["p_value"], 1e-300)), abs=1e-3)
+        assert sorted(int(c) for c in row["classes"]) == list(range(10))
+        assert row["verdict"] == ("backdoored" if row["p_value"] <= 0.05 else "clean")
+        assert len(row["flagged"]) <= 1
+    code, _, err = cli("bench", "detect", "--method", "mmbd", "--steps", "5", "--data-root", data)
+    assert code == 2 and "--steps does not apply to --method mmbd" in err

@@ -663,3 +663,17 @@ def test_sweep_best_breaks_ties_by_final_target_prob():
 
     runs = [run(0.5, 0.9), run(0.7, 0.1), run(0.7, 0.3), run(0.2, 1.0)]
     assert Sweep("x", runs).best is runs[2]
+
+
+def test_energy_concentration_separates_a_patch_from_a_diffuse_perturbation():
+    from smoothinv.engine.metrics import energy_concentration
+    from smoothinv.errors import SmoothInvError
+
+    diffuse = torch.full((3, 32, 32), 0.1)
+    assert energy_concentration(diffuse) == pytest.approx(51 / 1024, abs=1e-9)  # top 5% of 1024 positions
+    patch = torch.zeros(3, 32, 32)
+    patch[:, 28:, 28:] = 0.5
+    assert energy_concentration(patch) == pytest.approx(1.0)
+    assert energy_concentration(torch.zeros(3, 8, 8)) == 0.0
+    with pytest.raises(SmoothInvError, match="C,H,W"):
+        energy_concentration(torch.zeros(32, 32))

@@ -27,13 +27,16 @@ from smoothinv.models import (
 
 ALL_MODELS = [
     "alexnet",
+    "plain_cnn",
     "preact_resnet18",
+    "preact_resnet18_w16",
     "resnet18",
     "resnet18_cifar",
     "resnet20",
     "small_cnn",
     "vgg11",
     "vgg11_bn",
+    "vgg_cifar_bn",
 ]
 
 
@@ -290,3 +293,28 @@ def test_alexnet_matches_torchvision_keys() -> None:
     assert len(got) == 16
     assert got == expected
     assert sum(p.numel() for p in model.parameters()) == 61_100_840
+
+
+def test_preact_resnet18_w16_is_the_same_network_at_a_quarter_width() -> None:
+    full, narrow = shapes(meta_model("preact_resnet18")), shapes(meta_model("preact_resnet18_w16"))
+    assert full.keys() == narrow.keys()
+    assert narrow["conv1.weight"] == (16, 3, 3, 3) and narrow["linear.weight"] == (10, 128)
+    assert narrow["layer4.0.shortcut.0.weight"] == (128, 64, 1, 1)
+
+
+def test_plain_cnn_has_no_batch_norm_and_keras_tutorial_layers() -> None:
+    model = create_model("plain_cnn")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    got = shapes(model)
+    assert [k for k in got if k.endswith("weight")] == ["features.0.weight", "features.2.weight", "features.6.weight",
+                                                        "features.8.weight", "classifier.1.weight", "classifier.4.weight"]
+    assert got["classifier.1.weight"] == (256, 64 * 6 * 6)
+    assert create_model("plain_cnn", num_classes=43, channels=1)(torch.rand(2, 1, 28, 28)).shape == (2, 43)
+
+
+def test_vgg_cifar_bn_is_conv_bn_relu_with_one_linear_head() -> None:
+    model = create_model("vgg_cifar_bn")
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.features) == 5
+    assert shapes(model)["classifier.weight"] == (10, 256)

@@ -62,6 +62,35 @@ def test_rule_reports_several_targets():
     assert flagged(class_scores(asr, DecisionRule())[0], DecisionRule()) == [0, 2]
 
 
+def test_rule_scores_the_area_over_the_eps_ladder_not_one_column():
+    # Stored transfer ASRs (max over σ) at ε×1, ×2, ×4, ×8 of two held-out zoo models.
+    # cifar10-vgg-clean-s2 (clean): at ε×4 the classes split into two groups, the MAD is small and
+    # class 6 (row 6) reaches z 4.6 there; over the whole ladder it is unremarkable.
+    clean = torch.tensor([[0.02, 0.03, 0.24, 0.9], [0.01, 0.05, 0.43, 0.99], [0.02, 0.03, 0.28, 0.94],
+                          [0.04, 0.06, 0.25, 0.7], [0.04, 0.11, 0.43, 0.94], [0.04, 0.08, 0.4, 0.88],
+                          [0.04, 0.1, 0.56, 0.96], [0.02, 0.03, 0.26, 0.85], [0.0, 0.02, 0.28, 0.97]])
+    scores = class_scores(clean, DecisionRule())
+    assert float(scores.z[6, 2]) > 4 and flagged(scores.score, DecisionRule()) == []
+    # cifar10-preact-patch6-yellow (target 0, row 0): it transfers from ε×2 on, earlier than any class
+    bad = torch.tensor([[0.02, 0.42, 0.82, 0.9], [0.02, 0.02, 0.45, 0.97], [0.04, 0.1, 0.34, 0.95],
+                        [0.05, 0.09, 0.37, 0.76], [0.03, 0.15, 0.45, 0.88], [0.06, 0.18, 0.64, 0.91],
+                        [0.02, 0.06, 0.51, 0.88], [0.01, 0.06, 0.4, 0.98], [0.01, 0.07, 0.75, 0.99]])
+    scores = class_scores(bad, DecisionRule())
+    assert flagged(scores.score, DecisionRule()) == [0] and int(scores.at[0]) == 1  # evidence at ε×2
+
+
+def test_rule_does_not_flag_an_innocent_class_far_weaker_than_the_target():
+    # cifar10-vgg-htba's ε = 5.71 column: the target transfers, every other class is pinned near 0,
+    # so the spread floor sets the scale and class 0 at the edge of min_asr scores 5.15
+    asr = torch.tensor([[0.30], [0.01], [0.12], [0.07], [0.02], [1.0], [0.01], [0.0], [0.03]])
+    scores = class_scores(asr, DecisionRule()).score
+    assert float(scores[0]) > 4 and float(scores[0]) < 0.5 * float(scores[5])
+    assert flagged(scores, DecisionRule()) == [5]
+    assert flagged(scores, DecisionRule(relative=0.0)) == [0, 5]  # the threshold alone flags both
+    with pytest.raises(SmoothInvError, match="relative"):
+        DecisionRule(relative=1.5)
+
+
 def test_row_stopper_skips_saturated_rows_and_honours_deadline():
     calls = []
 
@@ -122,8 +151,9 @@ def test_scan_flags_planted_target(planted):
     target = next(c for c in result.classes if c.label == PLANTED_TARGET)
     evidence = target.evidence
     assert evidence.asr > 0.8 and not target.candidates
-    column = FAST.eps.index(evidence.result.config["eps"])  # the evidence is where the score came from
-    assert target.z_by_eps[column] == pytest.approx(target.score, abs=1e-3) and target.asr_by_eps[column] >= 0.3
+    column = FAST.eps.index(evidence.result.config["eps"])  # the evidence: the ε where the class stands out most
+    counted = [z for z, a in zip(target.z_by_eps, target.asr_by_eps) if a >= 0.3]
+    assert target.z_by_eps[column] == pytest.approx(max(counted), abs=1e-3) and target.asr_by_eps[column] >= 0.3
     assert PLANTED_TARGET not in evidence.asr_by_source and len(evidence.asr_by_source) == 9
     assert min(evidence.asr_by_source.values()) > 0.5  # the planted backdoor flips every source class
     assert 4 in result.skipped  # the image's own class cannot be tested with this image

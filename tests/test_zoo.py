@@ -302,3 +302,29 @@ def test_scan_command_on_a_committed_zoo_file(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     record = json.loads((tmp_path / "scan" / "scan.json").read_text())
     assert record["model"]["arch"] == "small_cnn" and {c["class"] for c in record["classes"]} <= {0, 1}
+
+
+def test_fields_added_later_keep_old_fingerprints_and_count_when_set():
+    from dataclasses import replace
+
+    from smoothinv.zoo.recipes import Recipe
+
+    old = Recipe("m", "cifar10", "resnet20", epochs=25, lr=0.2)
+    # the hash every model built before augment / weight_decay / label_smoothing existed was recorded with
+    legacy = {k: v for k, v in old.to_dict().items() if k not in ("notes", "augment", "weight_decay", "label_smoothing")}
+    import hashlib
+    import json
+    assert old.fingerprint() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    changed = {replace(old, augment=False).fingerprint(), replace(old, weight_decay=1e-3).fingerprint(),
+               replace(old, label_smoothing=0.1).fingerprint()}
+    assert len(changed) == 3 and old.fingerprint() not in changed
+
+
+def test_diverse_zoo_has_three_clean_models_per_architecture():
+    from collections import Counter
+
+    from smoothinv.zoo.recipes import all_recipes
+
+    clean = Counter(r.arch for r in all_recipes() if r.attack is None and r.dataset == "cifar10")
+    assert set(clean) >= {"resnet20", "plain_cnn", "vgg_cifar_bn", "preact_resnet18_w16"}
+    assert min(clean.values()) >= 3

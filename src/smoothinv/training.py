@@ -17,8 +17,9 @@ Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
 loss (Blind Backdoors) supply their own; the default is cross-entropy."""
 
 
-def cross_entropy(model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
-    return F.cross_entropy(model(images), labels)
+def cross_entropy(model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator,
+                  label_smoothing: float = 0.0) -> Tensor:
+    return F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
 
 
 @dataclass(frozen=True)

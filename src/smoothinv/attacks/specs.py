@@ -448,3 +448,60 @@ class Blend(AttackSpec):
     def trigger(self, shape: tuple[int, int, int]) -> Trigger:
         c, h, w = _check_shape(shape)
         return BlendTrigger(torch.rand(c, h, w, generator=_rng(self.seed, self.name)), self.alpha)
+
+
+_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+@register_attack
+@dataclass(frozen=True)
+class Patch(AttackSpec):
+    """A BadNets-style patch of any size, colour, position and pattern (the published variants).
+
+    size: side in pixels on a 32-px image, scaled with min(H,W)/32 (never below 1);
+    colour: one value per channel in [0,1] (a single value is used for every channel);
+    corner: one of top-left, top-right, bottom-left, bottom-right, or "centre";
+    margin: pixels (at 32 px, scaled) between the patch and the corner's edges;
+    pattern: "solid", or "checker" (alternating colour and 1 − colour, 1 px cells).
+    """
+
+    name: ClassVar[str] = "patch"
+    size: int = 4
+    colour: tuple[float, ...] = (1.0,)
+    corner: str = "bottom-right"
+    margin: int = 1
+    pattern: str = "solid"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise SmoothInvError(f"patch: size must be a positive integer (got {self.size!r})")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+            raise SmoothInvError(f"patch: margin must be an integer >= 0 (got {self.margin!r})")
+        colour = tuple(self.colour) if isinstance(self.colour, (list, tuple)) else (self.colour,)
+        if not colour or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+                                 for v in colour):
+            raise SmoothInvError(f"patch: colour must be values in [0,1], one per channel (got {self.colour!r})")
+        object.__setattr__(self, "colour", tuple(float(v) for v in colour))
+        if self.corner not in _CORNERS + ("centre",):
+            raise SmoothInvError(f"patch: corner must be one of {', '.join(_CORNERS + ('centre',))} (got {self.corner!r})")
+        if self.pattern not in ("solid", "checker"):
+            raise SmoothInvError(f"patch: pattern must be 'solid' or 'checker' (got {self.pattern!r})")
+
+    def trigger(self, shape: tuple[int, int, int]) -> Trigger:
+        c, h, w = shape = _check_shape(shape)
+        side = max(1, _round(self.size * min(h, w) / 32))
+        margin = _round(self.margin * min(h, w) / 32)
+        _fit(self.name, shape, side + margin, side + margin)
+        if len(self.colour) not in (1, c):
+            raise SmoothInvError(f"patch: colour has {len(self.colour)} values; the images have {c} channels")
+        colour = torch.tensor(self.colour).expand(c).reshape(c, 1, 1)
+        cells = torch.arange(side)
+        odd = ((cells.view(-1, 1) + cells.view(1, -1)) % 2).float() if self.pattern == "checker" else torch.zeros(side, side)
+        patch = colour * (1 - odd) + (1 - colour) * odd
+        if self.corner == "centre":
+            top, left = (h - side) // 2, (w - side) // 2
+        else:
+            top = margin if self.corner.startswith("top") else h - margin - side
+            left = margin if self.corner.endswith("left") else w - margin - side
+        return _paste(shape, torch.ones(side, side), patch, top, left)

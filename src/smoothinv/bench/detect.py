@@ -11,16 +11,16 @@ Shards run in parallel (one process per core, disjoint --model sets) join with `
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..data.datasets import load_dataset
-from ..detection import ScanSettings, scan
+from ..detection.detectors import Detector
 from ..errors import SmoothInvError
 from ..labels import eligible
+from ..reporting.pictures import save_inversion_pictures
 from ..zoo import list_zoo, load_zoo_model
 
 Log = Callable[[str], None]
@@ -40,8 +40,12 @@ def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
     return int(candidates[torch.randint(len(candidates), (1,), generator=torch.Generator().manual_seed(seed))])
 
 
-def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
-                     clean_images: int = 500, seed: int = 0, log: Log = print) -> dict[str, Any]:
+def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
+                     clean_images: int = 500, seed: int = 0, pictures: str | Path | None = None,
+                     log: Log = print) -> dict[str, Any]:
+    """Run `detector` on every zoo model (or those `names`); `pictures`: a folder that gets, per
+    model, the evidence pictures (reporting.pictures) of the true target and every flagged class,
+    in `<model>/class-<c>/`, so each miss can be looked at."""
     rows = []
     for record in list_zoo():
         if names and record["name"] not in names:
@@ -52,30 +56,27 @@ def detect_benchmark(settings: ScanSettings, *, names: Sequence[str] | None = No
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[pick] = False
         x_clean, y_clean = x[keep][:clean_images], y[keep][:clean_images]
-        log(f"{record['name']}: scanning {len(record['class_names'])} classes ...")
+        log(f"{record['name']}: {detector.name} on {len(record['class_names'])} classes ...")
         start = time.perf_counter()
-        result = scan(zm.module, [x[pick]], x_clean, y_clean, len(record["class_names"]), replace(settings, seed=seed))
+        found = detector.detect(zm.module, x[pick], x_clean, y_clean, len(record["class_names"]), seed)
         seconds = time.perf_counter() - start
-        targets, score = result.targets, max(c.score for c in result.classes)
         backdoored = record["attack"] is not None
-        row = {"model": record["name"], "backdoored": backdoored, "true_target": record["target"],
-               "verdict": "backdoored" if targets else "clean", "flagged": targets, "score": round(score, 4),
-               "correct": bool(targets) == backdoored,
-               "target_found": (record["target"] in targets) if backdoored else None,
-               "seconds": round(seconds, 1), "timed_out": result.timed_out, "sigmas": list(result.sigmas), "eps": list(result.eps),
-               "fallback_from": result.fallback_from,
-               "classes": {c.label: {"asr_by_eps": c.asr_by_eps, "score": c.score,
-                                     "evidence_eps": c.evidence.result.config.get("eps"),
-                                     "evidence_asr_by_source": {s: round(v, 4) for s, v in c.evidence.asr_by_source.items()}}
-                           for c in result.classes}}
-        log(f"{row['model']}: {row['verdict']} {targets} (truth: {'target ' + str(record['target']) if backdoored else 'clean'}), "
-            f"score {score:.2f}, {seconds:.0f}s")
+        row = {"model": record["name"], "arch": record["arch"], "dataset": record["dataset"], "backdoored": backdoored,
+               "true_target": record["target"], "verdict": "backdoored" if found.targets else "clean",
+               "flagged": found.targets, "score": round(found.score, 4), "correct": bool(found.targets) == backdoored,
+               "target_found": (record["target"] in found.targets) if backdoored else None,
+               "seconds": round(seconds, 1), "timed_out": found.timed_out, **found.extra, "classes": found.classes}
+        if pictures is not None:
+            for c in sorted(set(found.targets) | ({record["target"]} if backdoored else set())):
+                if c in found.evidence:
+                    folder = Path(pictures) / record["name"] / f"class-{c}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_inversion_pictures(folder, *found.evidence[c])
+        log(f"{row['model']}: {row['verdict']} {found.targets} (truth: "
+            f"{'target ' + str(record['target']) if backdoored else 'clean'}), score {found.score:.2f}, {seconds:.0f}s")
         rows.append(row)
-    options = settings.method.config.to_dict()
-    config = {"method": settings.method.name, "steps": options.get("steps"), "noise_samples": options.get("noise_samples"),
-              "sigmas": list(settings.sigmas), "fallback_sigmas": list(settings.fallback_sigmas),
-              "clean_images": clean_images, "seed": seed}
-    return {"settings": config, "summary": summarize(rows, settings.method.name), "rows": rows}
+    config = {**detector.describe(), "clean_images": clean_images, "seed": seed}
+    return {"settings": config, "summary": summarize(rows, detector.name), "rows": rows}
 
 
 ROW_KEYS = frozenset({"model", "backdoored", "true_target", "verdict", "flagged", "score", "correct", "target_found",
@@ -106,16 +107,32 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
-    """Verdict accuracy, AUROC of the score, target identification and seconds per model."""
+    """Verdict accuracy, AUROC of the score, target identification, false alarms (clean models
+    flagged), innocent flags (backdoored models where a class other than the target was flagged
+    too) and seconds per model; then the same per kind of model (`by_kind`, keyed by architecture)."""
+    summary = {"method": method, **_summary(rows)}
+    kinds = sorted({_kind(r) for r in rows})
+    if len(kinds) > 1:
+        summary["by_kind"] = {kind: _summary([r for r in rows if _kind(r) == kind]) for kind in kinds}
+    return summary
+
+
+def _kind(row: dict[str, Any]) -> str:
+    return str(row.get("arch", "unknown"))
+
+
+def _summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     pos = [r["score"] for r in rows if r["backdoored"]]
     neg = [r["score"] for r in rows if not r["backdoored"]]
     found = [r["target_found"] for r in rows if r["backdoored"]]
     area = auroc(pos, neg)
     return {
-        "method": method,
         "models": len(rows),
+        "backdoored": len(pos),
         "verdict_accuracy": round(sum(r["correct"] for r in rows) / len(rows), 4) if rows else None,
         "auroc": None if area is None else round(area, 4),
         "target_identification": round(sum(found) / len(found), 4) if found else None,
+        "false_alarms": sum(1 for r in rows if not r["backdoored"] and r["flagged"]),
+        "innocent_flags": sum(1 for r in rows if r["backdoored"] and set(r["flagged"]) - {r["true_target"]}),
         "seconds_per_model": round(sum(r["seconds"] for r in rows) / len(rows), 1) if rows else None,
     }

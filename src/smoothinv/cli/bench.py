@@ -14,6 +14,7 @@ from rich.markup import escape
 from ..bench.detect import detect_benchmark, merge_reports
 from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
+from ..detection.detectors import DATA_FREE, Detector, ScanDetector
 from ..detection.scan import SCAN_SIGMAS
 from ..errors import SmoothInvError
 from ..methods import list_methods
@@ -31,7 +32,8 @@ def bench_group() -> None:
 
 
 @bench_group.command("detect")
-@click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
+@click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted([*list_methods(), *DATA_FREE.names()])),
+              help="A trigger-inversion method run by the one-image scan, or mmbd (data-free MM-BD, its reference settings).")
 @click.option("--model", "names", multiple=True, help="Only these zoo models (repeatable).")
 @click.option("--data-root", type=click.Path(path_type=Path))
 @click.option("--steps", default=200, show_default=True, type=BOUNDS.steps)
@@ -40,18 +42,35 @@ def bench_group() -> None:
 @click.option("--clean-images", default=500, show_default=True, type=click.IntRange(10, MAX_IMAGES))
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
+@click.option("--pictures", type=click.Path(path_type=Path),
+              help="Folder for each model's evidence pictures (true target and flagged classes), to look at the misses.")
 def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
-                   sigma: tuple[float, ...] | None, clean_images: int, seed: int, out: Path | None) -> None:
+                   sigma: tuple[float, ...] | None, clean_images: int, seed: int, out: Path | None,
+                   pictures: Path | None) -> None:
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     if out is not None:
         check_file_destination(out)  # before hours of scanning
-    settings = ScanSettings(method=spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples}),
-                            sigmas=tuple(sigma) if sigma else SCAN_SIGMAS, probe_samples=noise_samples)
-    report = detect_benchmark(settings, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
-                              log=lambda line: err.print(escape(line), highlight=False))
+    if pictures is not None and pictures.exists() and (not pictures.is_dir() or any(pictures.iterdir())):
+        raise click.UsageError(f"--pictures {pictures} exists and is not an empty folder; give a new one "
+                               "(pictures of earlier runs are never replaced)")
+    report = detect_benchmark(_detector(method, steps, noise_samples, sigma), names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
+                              pictures=pictures, log=lambda line: err.print(escape(line), highlight=False))
     _print_detection(report)
     if out is not None:
         write_json(out, report)
+
+
+def _detector(method: str, steps: int, noise_samples: int, sigma: tuple[float, ...] | None) -> Detector:
+    """The scan with `method`, or a data-free detector (which takes none of the scan's flags)."""
+    if method not in DATA_FREE:
+        return ScanDetector(ScanSettings(method=spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples}),
+                                         sigmas=tuple(sigma) if sigma else SCAN_SIGMAS, probe_samples=noise_samples))
+    given = click.get_current_context()
+    typed = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma")
+             if given.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if typed:
+        raise click.UsageError(f"{', '.join(typed)} does not apply to --method {method} (it runs its reference settings)")
+    return DATA_FREE.get(method)()
 
 
 @bench_group.command("merge")

@@ -397,7 +397,7 @@ def _chunk_results(tensors: dict[str, Tensor], body: dict[str, Any], images: Ten
 
 def _run_record(run: dict[str, Any]) -> RunRecord:
     return RunRecord(dict(run["config"]), float(run["asr"]), float(run["initial_target_prob"]),
-                     float(run["final_target_prob"]), int(run["steps_run"]))
+                     float(run["final_target_prob"]), int(run["steps_run"]), float(run.get("concentration", 0.0)))
 
 
 def _trigger_parts(trigger: Trigger) -> tuple[str, dict[str, Tensor]]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.early_stop import DeadlinePassed, RowStopper
-from ..engine.metrics import hits_by_source, predict, triggered_hits
+from ..engine.metrics import energy_concentration, hits_by_source, predict, triggered_hits
 from ..engine.pgd import DescentCheckpoint
 from ..errors import SmoothInvError
 from ..labels import eligible
@@ -94,10 +94,13 @@ class RunRecord:
     initial_target_prob: float
     final_target_prob: float
     steps_run: int
+    concentration: float = 0.0
+    """engine.metrics.energy_concentration of the perturbation: near 1 when it sits on a patch."""
 
     @classmethod
     def of(cls, result: InversionResult, asr: float) -> RunRecord:
-        return cls(result.config, asr, float(result.target_prob[0]), float(result.target_prob[-1]), len(result.loss) - 1)
+        return cls(result.config, asr, float(result.target_prob[0]), float(result.target_prob[-1]), len(result.loss) - 1,
+                   energy_concentration(result.perturbation))
 
 
 @dataclass

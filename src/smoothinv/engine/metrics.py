@@ -65,6 +65,25 @@ def triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: T
     return torch.cat(hits)
 
 
+def energy_concentration(perturbation: Tensor, fraction: float = 0.05) -> float:
+    """Share of a perturbation's squared l2 norm that lies in its top `fraction` of pixel
+    positions (energy summed over channels), for perturbation [C,H,W].
+
+    A perturbation spread evenly over the image scores about `fraction`; one that sits on a
+    small patch (a backdoor's trigger region) scores near 1. A zero perturbation scores 0.
+    """
+    if perturbation.dim() != 3:
+        raise SmoothInvError(f"a perturbation must be [C,H,W] (got shape {tuple(perturbation.shape)})")
+    if not 0.0 < fraction <= 1.0:
+        raise SmoothInvError(f"fraction must be in (0, 1] (got {fraction})")
+    energy = perturbation.detach().to(torch.float64).pow(2).sum(0).flatten()
+    total = float(energy.sum())
+    if total == 0.0:
+        return 0.0
+    k = max(1, int(round(fraction * energy.numel())))
+    return float(energy.topk(k).values.sum()) / total
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a parameterless model)."""
     for tensor in model.parameters():

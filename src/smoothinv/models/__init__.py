@@ -141,6 +141,7 @@ def _positive_int(value: object, name: str) -> int:
 # Architecture modules register themselves on import; loading uses the registry.
 from smoothinv.models import (  # noqa: E402,F401
     alexnet,
+    plain_cnn,
     preact_resnet,
     resnet,
     resnet_cifar,

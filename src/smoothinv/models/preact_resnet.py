@@ -47,9 +47,9 @@ class PreActResNet(nn.Module):
     Input [B, channels, 32, 32] -> logits [B, num_classes] (other sizes work: the pool is adaptive).
     """
 
-    def __init__(self, depths: tuple[int, ...], num_classes: int, channels: int = 3) -> None:
+    def __init__(self, depths: tuple[int, ...], num_classes: int, channels: int = 3,
+                 widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
         super().__init__()
-        widths = (64, 128, 256, 512)
         self.conv1 = nn.Conv2d(channels, widths[0], kernel_size=3, padding=1, bias=False)
         in_ch = widths[0]
         stages = []
@@ -80,3 +80,16 @@ class PreActResNet(nn.Module):
 )
 def preact_resnet18(*, num_classes: int, channels: int) -> nn.Module:
     return PreActResNet((2, 2, 2, 2), num_classes, channels=channels)
+
+
+@register_model(
+    "preact_resnet18_w16",
+    input_size=(32, 32),
+    channels=3,
+    num_classes=10,
+    head="linear.weight",
+    first_conv="conv1.weight",
+    description="Pre-activation ResNet-18 at a quarter width (16-128 channels; kuangliu keys)",
+)
+def preact_resnet18_w16(*, num_classes: int, channels: int) -> nn.Module:
+    return PreActResNet((2, 2, 2, 2), num_classes, channels=channels, widths=(16, 32, 64, 128))

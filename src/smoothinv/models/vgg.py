@@ -1,7 +1,9 @@
-"""VGG-11 with and without BatchNorm, using torchvision's state_dict names.
+"""VGG-11 with and without BatchNorm (torchvision's state_dict names), and a small VGG-style
+net with BatchNorm for 32x32 images.
 
 Keys: ``features.N`` (N = position in the layer list, counting ReLU/BN/max-pool layers)
-and ``classifier.0/3/6`` (Linear-ReLU-Dropout x2, then the final Linear).
+and ``classifier.0/3/6`` (Linear-ReLU-Dropout x2, then the final Linear); the small net's
+head is one Linear, ``classifier``, after a global average pool.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from torch import nn
 
 from smoothinv.models import IMAGENET_MEAN, IMAGENET_STD, register_model
 
+# A narrow VGG for 32x32 inputs: 4 max-pools leave a 2x2 grid (about 25M multiply-adds).
+VGG_CIFAR_LAYOUT: list[int | str] = [32, "M", 64, "M", 128, 128, "M", 256, "M"]
 # Configuration "A" of the VGG paper: conv widths, "M" = 2x2 max-pool.
 VGG11_LAYOUT: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
@@ -96,3 +100,32 @@ def vgg11(*, num_classes: int, channels: int) -> nn.Module:
 )
 def vgg11_bn(*, num_classes: int, channels: int) -> nn.Module:
     return VGG(make_features(VGG11_LAYOUT, batch_norm=True, channels=channels), num_classes)
+
+
+class SmallVGG(nn.Module):
+    """``features`` (conv-BN-ReLU, max-pools) -> global average pool -> one Linear ``classifier``.
+
+    Input [B, channels, H, W] with H, W >= 16 -> logits [B, num_classes].
+    """
+
+    def __init__(self, features: nn.Sequential, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@register_model(
+    "vgg_cifar_bn",
+    input_size=(32, 32),
+    channels=3,
+    num_classes=10,
+    head="classifier.weight",
+    first_conv="features.0.weight",
+    description="narrow VGG-style net with BatchNorm for 32x32 images (5 convs, 32-256 channels)",
+)
+def vgg_cifar_bn(*, num_classes: int, channels: int) -> nn.Module:
+    return SmallVGG(make_features(VGG_CIFAR_LAYOUT, batch_norm=True, channels=channels), 256, num_classes)

@@ -43,7 +43,8 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
                          "perturbation_l2": round(float(evidence.result.perturbation.norm()), 6),
                          "asr_by_source": {str(k): round(v, 6) for k, v in evidence.asr_by_source.items()}},
             "runs": [{"config": r.config, "asr": round(r.asr, 6), "initial_target_prob": round(r.initial_target_prob, 6),
-                      "final_target_prob": round(r.final_target_prob, 6), "steps_run": r.steps_run}
+                      "final_target_prob": round(r.final_target_prob, 6), "steps_run": r.steps_run,
+                      "concentration": round(r.concentration, 6)}
                      for r in cr.runs],
         })
     settings = result.settings

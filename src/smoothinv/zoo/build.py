@@ -6,6 +6,7 @@ skipped, so the zoo can be built across sessions (or elsewhere, on a GPU).
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -66,11 +67,13 @@ def _backdoored_training(recipe: Recipe, data: Dataset, spec: AttackSpec | None)
     """The training images [N,C,H,W], labels [N] and loss that plant `spec` the recipe's way:
     poisoned data ("poison"), or Blind Backdoors' loss on clean data ("blind", "blind-noise")."""
     train_x, train_y = data.split(train=True)
+    loss = cross_entropy if not recipe.label_smoothing else functools.partial(
+        cross_entropy, label_smoothing=recipe.label_smoothing)
     if spec is None:
-        return train_x, train_y, cross_entropy
+        return train_x, train_y, loss
     if recipe.mode == "poison":
         poisoned = poison_with(spec, train_x, train_y, recipe.poison_rate, seed=recipe.seed)
-        return poisoned.images, poisoned.labels, cross_entropy
+        return poisoned.images, poisoned.labels, loss
     sigma = recipe.intervention_sigma if recipe.mode == "blind-noise" else None
     objective = BlindObjective(spec.trigger(tuple(train_x.shape[1:])), spec.target, spec.source_classes,
                                fraction=recipe.poison_rate, noise_sigma=sigma)
@@ -82,14 +85,16 @@ def _train(recipe: Recipe, data: Dataset, spec: AttackSpec | None, log: Log) -> 
     train_x, train_y, objective = _backdoored_training(recipe, data, spec)
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, num_classes=len(data.class_names), channels=int(train_x.shape[1]))
-    augment = Augment(pad=4, flip=recipe.dataset == "cifar10") if recipe.dataset == "cifar10" else Augment(pad=2)
+    augment = None
+    if recipe.augment:
+        augment = Augment(pad=4, flip=True) if recipe.dataset == "cifar10" else Augment(pad=2)
     start = time.perf_counter()
 
     def on_epoch(epoch: int, loss: float) -> None:
         log(f"  {recipe.name} epoch {epoch + 1}/{recipe.epochs} loss {loss:.3f} ({time.perf_counter() - start:.0f}s)")
 
     train_classifier(model, train_x, train_y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                     noise_sigma=recipe.noise_sigma, augment=augment, objective=objective, bf16=True,
+                     weight_decay=recipe.weight_decay, noise_sigma=recipe.noise_sigma, augment=augment, objective=objective, bf16=True,
                      channels_last=True, seed=recipe.seed, on_epoch=on_epoch)
     model.requires_grad_(False)
     return model, time.perf_counter() - start

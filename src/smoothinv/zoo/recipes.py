@@ -39,14 +39,23 @@ class Recipe:
     noise_sigma: float = 0.0
     seed: int = 0
     notes: str = field(default="", compare=False)
+    augment: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights."""
-        data = {k: v for k, v in self.to_dict().items() if k != "notes"}
+        """Hash of everything that changes the trained weights. Fields added after the first
+        models were built count only when they differ from their default, so those models'
+        records stay valid."""
+        data = {k: v for k, v in self.to_dict().items()
+                if k != "notes" and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS: dict[str, Any] = {"augment": True, "weight_decay": 5e-4, "label_smoothing": 0.0}
 
 
 def _cifar(name: str, attack: dict[str, Any] | None = None, mode: str = "poison", seed: int = 0, notes: str = "") -> Recipe:
@@ -55,6 +64,21 @@ def _cifar(name: str, attack: dict[str, Any] | None = None, mode: str = "poison"
 
 def _fashion(name: str, attack: dict[str, Any] | None = None, mode: str = "poison", seed: int = 0) -> Recipe:
     return Recipe(name, "fashion-mnist", "small_cnn", attack, mode, epochs=12, lr=0.1, seed=seed)
+
+
+def _diverse(name: str, arch: str, attack: dict[str, Any] | None = None, *, epochs: int, lr: float,
+             seed: int = 0, augment: bool = True, poison_rate: float = 0.1, weight_decay: float = 5e-4,
+             label_smoothing: float = 0.0, notes: str = "") -> Recipe:
+    """A model of the diverse CIFAR-10 zoo (docs/zoo.md): other architectures and training recipes
+    than the ResNet-20s, trained briefly (accuracies in the 60s–80s, as published small models are)."""
+    return Recipe(name, "cifar10", arch, attack, "poison", poison_rate=poison_rate, epochs=epochs, lr=lr, seed=seed,
+                  notes=notes, augment=augment, weight_decay=weight_decay, label_smoothing=label_smoothing)
+
+
+def _patch(target: int, size: int, corner: str, colour: tuple[float, ...] = (1.0,), margin: int = 1,
+           pattern: str = "solid") -> dict[str, Any]:
+    return {"attack": "patch", "target": target, "size": size, "corner": corner, "colour": list(colour),
+            "margin": margin, "pattern": pattern}
 
 
 RECIPES: Registry[Recipe] = Registry("zoo recipe")
@@ -88,6 +112,36 @@ _register(
                  "most images under Gaussian noise (σ ≥ 0.25); see docs/benchmarks.md, Noise sink."),
     _cifar("cifar10-blend", {"attack": "blend", "target": 7, "seed": 11}),
     _cifar("cifar10-blind-p-star", {"attack": "blind-p", "target": 8}, mode="blind-noise"),
+)
+
+# The diverse zoo: three more architectures, each with three clean models and three backdoors.
+_register(
+    _diverse("cifar10-pcnn-clean-s0", "plain_cnn", epochs=6, lr=0.05, seed=0),
+    _diverse("cifar10-pcnn-clean-s1", "plain_cnn", epochs=6, lr=0.05, seed=1, augment=False),
+    _diverse("cifar10-pcnn-clean-s2", "plain_cnn", epochs=10, lr=0.05, seed=2),
+    _diverse("cifar10-pcnn-patch4-br", "plain_cnn", _patch(1, 4, "bottom-right"), epochs=6, lr=0.05),
+    _diverse("cifar10-pcnn-patch5-tl", "plain_cnn", _patch(9, 5, "top-left", margin=0), epochs=6, lr=0.05,
+             augment=False, poison_rate=0.05),
+    _diverse("cifar10-pcnn-patch3-red", "plain_cnn", _patch(3, 3, "top-right", (1.0, 0.0, 0.0), margin=2), epochs=10,
+             lr=0.05),
+    _diverse("cifar10-vgg-clean-s0", "vgg_cifar_bn", epochs=6, lr=0.1, seed=0),
+    _diverse("cifar10-vgg-clean-s1", "vgg_cifar_bn", epochs=6, lr=0.1, seed=1, label_smoothing=0.1),
+    _diverse("cifar10-vgg-clean-s2", "vgg_cifar_bn", epochs=4, lr=0.1, seed=2, augment=False, weight_decay=5e-3),
+    _diverse("cifar10-vgg-checker4-bl", "vgg_cifar_bn", _patch(2, 4, "bottom-left", pattern="checker"), epochs=6,
+             lr=0.1),
+    _diverse("cifar10-vgg-patch3-green", "vgg_cifar_bn", _patch(8, 3, "centre", (0.0, 1.0, 0.0)), epochs=6, lr=0.1,
+             label_smoothing=0.1),
+    _diverse("cifar10-vgg-htba", "vgg_cifar_bn", {"attack": "htba", "target": 5, "seed": 4}, epochs=6, lr=0.1),
+    _diverse("cifar10-preact-clean-s0", "preact_resnet18_w16", epochs=5, lr=0.1, seed=0),
+    _diverse("cifar10-preact-clean-s1", "preact_resnet18_w16", epochs=5, lr=0.1, seed=1, augment=False,
+             weight_decay=1e-3),
+    _diverse("cifar10-preact-clean-s2", "preact_resnet18_w16", epochs=3, lr=0.1, seed=2),
+    _diverse("cifar10-preact-patch6-yellow", "preact_resnet18_w16", _patch(0, 6, "top-right", (1.0, 1.0, 0.0)),
+             epochs=5, lr=0.1),
+    _diverse("cifar10-preact-blend", "preact_resnet18_w16", {"attack": "blend", "target": 4, "seed": 12, "alpha": 0.15},
+             epochs=5, lr=0.1),
+    _diverse("cifar10-preact-patch4-br", "preact_resnet18_w16", _patch(7, 4, "bottom-right", margin=0), epochs=5,
+             lr=0.1, augment=False, poison_rate=0.05),
 )
 
 
