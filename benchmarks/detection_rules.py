@@ -130,14 +130,10 @@ def best_eps(rule: DecisionRule = DecisionRule()) -> Scorer:
     return score
 
 
-def best_eps_floor(floor: float) -> Scorer:
-    return best_eps(DecisionRule(spread_floor=floor))
-
-
 CANDIDATES = [
     Candidate("best single eps, threshold 4 (the rule before issue 12)", best_eps(), DecisionRule(4.0, relative=0.0)),
     Candidate("best single eps, threshold 4, relative bar 0.5", best_eps(), DecisionRule(4.0)),
-    Candidate("best single eps, spread floor 0.075, threshold 4, relative bar", best_eps_floor(0.075), DecisionRule(4.0)),
+    Candidate("best single eps, spread floor 0.075, threshold 4, relative bar", best_eps(DecisionRule(spread_floor=0.075)), DecisionRule(4.0)),
     Candidate("area over the eps ladder, threshold 3, relative bar (the rule now)", current(), DecisionRule()),
 ]
 
@@ -159,9 +155,10 @@ def class_separation(rows: list[dict]) -> dict[str, dict]:
         for i, c in enumerate(labels):
             target = row["backdoored"] and c == row["true_target"]
             runs = row["classes"][str(c)].get("runs", [])
+            ladder = sorted({r["eps"] for r in runs})
             for e in range(asr.shape[1]):
                 values = {f"asr@eps{e + 1}": float(asr[i, e]), f"z@eps{e + 1}": float(z[i, e])}
-                at = [r for r in runs if runs and r["eps"] == sorted({x["eps"] for x in runs})[e]]
+                at = [r for r in runs if r["eps"] == ladder[e]] if runs else []
                 if at:
                     values[f"concentration@eps{e + 1}"] = max(at, key=lambda r: r["asr"])["concentration"]
                 for name, v in values.items():

@@ -19,7 +19,7 @@ from ..detection.scan import SCAN_SIGMAS
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..reporting.outputs import check_file_destination, write_json, write_text
-from .methods import spec_from_flags, specs_from_flags
+from .methods import spec_from_flags, specs_from_flags, typed
 from .params import BOUNDS, MAX_IMAGES
 
 err = Console(stderr=True)
@@ -65,11 +65,10 @@ def _detector(method: str, steps: int, noise_samples: int, sigma: tuple[float, .
     if method not in DATA_FREE:
         return ScanDetector(ScanSettings(method=spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples}),
                                          sigmas=tuple(sigma) if sigma else SCAN_SIGMAS, probe_samples=noise_samples))
-    given = click.get_current_context()
-    typed = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma")
-             if given.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
-    if typed:
-        raise click.UsageError(f"{', '.join(typed)} does not apply to --method {method} (it runs its reference settings)")
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma") if typed(ctx, name)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} does not apply to --method {method} (it runs its reference settings)")
     return DATA_FREE.get(method)()
 
 

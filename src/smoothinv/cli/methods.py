@@ -16,6 +16,11 @@ from click.core import ParameterSource
 from ..methods.registry import MethodSpec, method_options, method_spec
 
 
+def typed(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave parameter `name` (on the command line or in the environment)."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
 def spec_from_flags(method: str, flags: Mapping[str, Any], *, ctx: click.Context | None = None) -> MethodSpec:
     """`method` configured from `flags` ({click parameter name: value}, the parameter name being
     the method option it sets; None values are skipped)."""
@@ -29,8 +34,7 @@ def specs_from_flags(methods: Sequence[str], flags: Mapping[str, Any], *,
     ctx = ctx or click.get_current_context()
     takes = {m: set(method_options(m)) for m in methods}
     for name, value in flags.items():
-        typed = ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        if value is not None and typed and not any(name in t for t in takes.values()):
+        if value is not None and typed(ctx, name) and not any(name in t for t in takes.values()):
             flag = "--" + name.replace("_", "-")
             which = ", ".join(methods)
             raise click.UsageError(f"{flag} does not apply to --method {which} (options: "

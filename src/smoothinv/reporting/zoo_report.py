@@ -32,8 +32,8 @@ BatchNorm, dropout), `vgg_cifar_bn` (a narrow VGG with BatchNorm) and `preact_re
 (PreAct-ResNet-18 at a quarter width). Each has three clean models (other seeds, with and without
 augmentation, label smoothing, stronger weight decay, longer or shorter training) and three
 backdoors: `patch` triggers of several sizes, colours, positions and patterns (BadNets-style),
-HTBA and Blend, with 5% or 10% poisoning. They are trained for 5–10 epochs, so their clean
-accuracy (50–80%) is in the range of the published models users bring, not the ResNet-20s' 86%.
+HTBA and Blend, with 5% or 10% poisoning. They are trained for 3–10 epochs, so their clean
+accuracy (50–81%) is in the range of the published models users bring, not the ResNet-20s' 86%.
 The recipe column gives epochs, peak learning rate, augmentation (aug: random crop and flip),
 weight decay (wd) and label smoothing (ls).
 """
