@@ -23,7 +23,7 @@ BACKDOORED, CLEAN = "fmnist-badnets", "fmnist-clean-s0"  # recipes of the real z
 MODELS = (BACKDOORED, CLEAN)
 TARGET = 3
 TABLE2_METHODS = ("smoothinv", "plainadv", "nc", "topoprior", "pixelinv")  # the paper's Table 2, the default
-CSV_COLUMNS = ["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image"]
+CSV_COLUMNS = ["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image", "denoiser"]
 DETECT_ROW_KEYS = {"model", "backdoored", "true_target", "verdict", "flagged", "score", "correct", "target_found",
                    "seconds"}
 SUMMARY_KEYS = {"method", "models", "verdict_accuracy", "auroc", "target_identification", "seconds_per_model"}

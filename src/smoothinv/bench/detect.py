@@ -21,6 +21,7 @@ from ..detection.detectors import Detector
 from ..errors import SmoothInvError
 from ..labels import eligible
 from ..reporting.pictures import save_inversion_pictures
+from .denoising import model_denoiser
 from ..zoo import list_zoo, load_zoo_model
 
 Log = Callable[[str], None]
@@ -42,10 +43,11 @@ def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
 
 def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
                      clean_images: int = 500, seed: int = 0, pictures: str | Path | None = None,
-                     log: Log = print) -> dict[str, Any]:
+                     denoiser: str | None = None, log: Log = print) -> dict[str, Any]:
     """Run `detector` on every zoo model (or those `names`); `pictures`: a folder that gets, per
     model, the evidence pictures (reporting.pictures) of the true target and every flagged class,
-    in `<model>/class-<c>/`, so each miss can be looked at."""
+    in `<model>/class-<c>/`, so each miss can be looked at. `denoiser` (None, "auto", a name or a
+    folder; bench.denoising) is T in the scan's smoothed classifier."""
     rows = []
     for record in list_zoo():
         if names and record["name"] not in names:
@@ -58,14 +60,17 @@ def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, 
         x_clean, y_clean = x[keep][:clean_images], y[keep][:clean_images]
         log(f"{record['name']}: {detector.name} on {len(record['class_names'])} classes ...")
         start = time.perf_counter()
-        found = detector.detect(zm.module, x[pick], x_clean, y_clean, len(record["class_names"]), seed)
+        ref = model_denoiser(denoiser, record["dataset"])
+        model_detector = detector if ref is None else detector.with_denoiser(ref)
+        found = model_detector.detect(zm.module, x[pick], x_clean, y_clean, len(record["class_names"]), seed)
         seconds = time.perf_counter() - start
         backdoored = record["attack"] is not None
         row = {"model": record["name"], "arch": record["arch"], "dataset": record["dataset"], "backdoored": backdoored,
                "true_target": record["target"], "verdict": "backdoored" if found.targets else "clean",
                "flagged": found.targets, "score": round(found.score, 4), "correct": bool(found.targets) == backdoored,
                "target_found": (record["target"] in found.targets) if backdoored else None,
-               "seconds": round(seconds, 1), "timed_out": found.timed_out, **found.extra, "classes": found.classes}
+               "seconds": round(seconds, 1), "timed_out": found.timed_out,
+               "denoiser": None if ref is None else {"name": ref.name, "sha256": ref.sha256}, **found.extra, "classes": found.classes}
         if pictures is not None:
             for c in sorted(set(found.targets) | ({record["target"]} if backdoored else set())):
                 if c in found.evidence:
@@ -75,7 +80,7 @@ def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, 
         log(f"{row['model']}: {row['verdict']} {found.targets} (truth: "
             f"{'target ' + str(record['target']) if backdoored else 'clean'}), score {found.score:.2f}, {seconds:.0f}s")
         rows.append(row)
-    config = {**detector.describe(), "clean_images": clean_images, "seed": seed}
+    config = {**detector.describe(), "clean_images": clean_images, "seed": seed, "denoiser": denoiser}
     return {"settings": config, "summary": summarize(rows, detector.name), "rows": rows}
 
 

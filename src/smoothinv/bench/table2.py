@@ -17,7 +17,8 @@ import torch
 
 from ..data.datasets import load_dataset
 from ..labels import eligible
-from ..methods.registry import MethodSpec, method_spec
+from ..methods.registry import MethodSpec, method_options, method_spec
+from .denoising import model_denoiser
 from ..protocols.sweep import Grid, run_sweep
 from ..zoo import list_zoo, load_zoo_model
 
@@ -35,9 +36,10 @@ def pick_images(labels: torch.Tensor, target: int, sources: Sequence[int] | None
 
 def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] | None = None, images: int = 10,
            clean_images: int = 500, data_root: str | Path | None = None, seed: int = 0,
-           log: Log = print) -> list[dict[str, Any]]:
+           denoiser: str | None = None, log: Log = print) -> list[dict[str, Any]]:
     """One row per (model, method): mean and per-image ASR, seconds per image. `methods`
-    default to METHODS at their own defaults."""
+    default to METHODS at their own defaults. `denoiser` (None, "auto", a name or a folder;
+    bench.denoising) goes to the methods that smooth, which are then labelled "w/ diffusion"."""
     rows = []
     specs = list(methods) if methods is not None else [method_spec(m) for m in METHODS]
     for record in list_zoo():
@@ -53,8 +55,12 @@ def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] 
             held &= torch.isin(y, torch.tensor(sources, dtype=y.dtype)) | (y == target)
         x_clean, y_clean = x[held][:clean_images], y[held][:clean_images]
         grid = Grid.for_shape(x.shape[1:])
+        ref = model_denoiser(denoiser, record["dataset"])
         for spec in specs:
             method = spec.name
+            if ref is not None and "denoiser" in method_options(spec.name):
+                spec = spec.with_options(denoiser=ref)
+                method = f"{spec.name} w/ diffusion"
             log(f"{record['name']} {method}: inverting from {len(picks)} images ...")
             start = time.perf_counter()
             asrs = []
@@ -64,7 +70,8 @@ def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] 
             seconds = (time.perf_counter() - start) / len(picks)
             row = {"model": record["name"], "attack": record["attack"]["attack"], "method": method,
                    "asr": round(sum(asrs) / len(asrs), 4), "asr_per_image": [round(a, 4) for a in asrs],
-                   "images": len(picks), "seconds_per_image": round(seconds, 2)}
+                   "images": len(picks), "seconds_per_image": round(seconds, 2),
+                   "denoiser": None if ref is None or method == spec.name else ref.name}
             log(f"{row['model']} {method}: mean ASR {row['asr']:.1%} over {len(picks)} images ({seconds:.1f}s/image)")
             rows.append(row)
     return rows

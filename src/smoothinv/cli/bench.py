@@ -18,10 +18,13 @@ from ..detection.detectors import DATA_FREE, Detector, ScanDetector
 from ..detection.scan import SCAN_SIGMAS
 from ..errors import SmoothInvError
 from ..methods import list_methods
+from ..methods.registry import method_options
 from ..reporting.outputs import check_file_destination, write_json, write_text
 from .methods import spec_from_flags, specs_from_flags, typed
 from .params import BOUNDS, MAX_IMAGES
 
+BENCH_DENOISER_HELP = ("T in the smoothed classifier: 'auto' (the shipped denoiser of each model's dataset), a shipped "
+                       "denoiser's name or a diffusers DDPM folder; default: none.")
 err = Console(stderr=True)
 stdout = Console(soft_wrap=True)
 
@@ -44,17 +47,24 @@ def bench_group() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
 @click.option("--pictures", type=click.Path(path_type=Path),
               help="Folder for each model's evidence pictures (true target and flagged classes), to look at the misses.")
+@click.option("--denoiser", help=BENCH_DENOISER_HELP)
 def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
                    sigma: tuple[float, ...] | None, clean_images: int, seed: int, out: Path | None,
-                   pictures: Path | None) -> None:
+                   pictures: Path | None, denoiser: str | None) -> None:
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     if out is not None:
         check_file_destination(out)  # before hours of scanning
     if pictures is not None and pictures.exists() and (not pictures.is_dir() or any(pictures.iterdir())):
         raise click.UsageError(f"--pictures {pictures} exists and is not an empty folder; give a new one "
                                "(pictures of earlier runs are never replaced)")
-    report = detect_benchmark(_detector(method, steps, noise_samples, sigma), names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
-                              pictures=pictures, log=lambda line: err.print(escape(line), highlight=False))
+    detector = _detector(method, steps, noise_samples, sigma)
+    if denoiser is not None and method in DATA_FREE:
+        raise click.UsageError(f"--denoiser does not apply to --method {method} (it does not smooth the model)")
+    if denoiser is not None and "denoiser" not in method_options(method):
+        raise click.UsageError(f"--denoiser does not apply to --method {method}")
+    report = detect_benchmark(detector, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
+                              pictures=pictures, denoiser=denoiser,
+                              log=lambda line: err.print(escape(line), highlight=False))
     _print_detection(report)
     if out is not None:
         write_json(out, report)
@@ -109,20 +119,23 @@ def _print_detection(report: dict) -> None:
 @click.option("--data-root", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows as CSV here (markdown goes to stdout).")
+@click.option("--denoiser", help=BENCH_DENOISER_HELP + " Methods that do not smooth run as without it.")
 def table2_command(methods: tuple[str, ...], names: tuple[str, ...], images: int, steps: int | None, noise_samples: int,
-                   data_root: Path | None, seed: int, out: Path | None) -> None:
+                   data_root: Path | None, seed: int, out: Path | None, denoiser: str | None) -> None:
     """Average ASR of the backdoor each method recovers from single clean images (paper Table 2)."""
     if out is not None:
         check_file_destination(out)  # before hours of inversions
     specs = specs_from_flags(methods or METHODS, {"steps": steps, "noise_samples": noise_samples})
-    rows = table2(methods=specs, names=names or None, images=images, data_root=data_root, seed=seed,
+    if denoiser is not None and not any("denoiser" in method_options(s.name) for s in specs):
+        raise click.UsageError(f"--denoiser does not apply to --method {', '.join(s.name for s in specs)}")
+    rows = table2(methods=specs, names=names or None, images=images, data_root=data_root, seed=seed, denoiser=denoiser,
                   log=lambda line: err.print(escape(line), highlight=False))
     stdout.print(markdown(rows))
     if out is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image"])
+        writer.writerow(["model", "attack", "method", "asr", "images", "seconds_per_image", "asr_per_image", "denoiser"])
         for r in rows:
             writer.writerow([r["model"], r["attack"], r["method"], r["asr"], r["images"], r["seconds_per_image"],
-                             " ".join(map(str, r["asr_per_image"]))])
+                             " ".join(map(str, r["asr_per_image"])), r["denoiser"] or ""])
         write_text(out, buffer.getvalue())

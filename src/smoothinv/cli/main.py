@@ -27,7 +27,8 @@ from .methods import spec_from_flags
 from ..models import list_models
 from ..reporting.inversion import inversion_record, write_inversion
 from ..reporting.outputs import atomic_directory, check_destination
-from .options import load_subject, model_options
+from .denoiser import chosen_denoiser, denoiser_group, denoiser_option
+from .options import load_subject, model_options, trust_code_flag
 from .params import BOUNDS, MAX_CLASS_INDEX
 from .progress import step_progress
 from .tables import sweep_table
@@ -66,6 +67,7 @@ def cli() -> None:
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
 @click.option("--clean-limit", default=1000, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
 @click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch, help="Images per forward pass (lower it to save memory).")
+@denoiser_option
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def invert(**opts: Any) -> None:
     """Synthesise the backdoor trigger toward --target from one clean image."""
@@ -82,7 +84,10 @@ def invert(**opts: Any) -> None:
     if not bool((clean.labels != target).any()):
         raise SmoothInvError(f"every clean image is of the target class {target}; ASR needs images of other classes")
     grid = Grid.for_shape(image.shape, list(opts["eps"]) if opts["eps"] else None, list(opts["sigma"]) if opts["sigma"] else None)
-    method = spec_from_flags(opts["method"], {k: opts[k] for k in ("steps", "noise_samples", "max_batch")})
+    ref, denoiser = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels,
+                                    size=size, sigmas=grid.sigmas)
+    method = spec_from_flags(opts["method"], {**{k: opts[k] for k in ("steps", "noise_samples", "max_batch")},
+                                              "denoiser": ref})
     baseline = (method_spec("plainadv", steps=opts["steps"], max_batch=opts["max_batch"])
                 if opts["baseline"] and method.name != "plainadv" else None)
     loaded_s = time.perf_counter() - started
@@ -104,6 +109,7 @@ def invert(**opts: Any) -> None:
         "target_name": None if not clean.class_names or target >= len(clean.class_names) else clean.class_names[target],
         "seed": opts["seed"],
         "settings": {"method": method.to_dict(), "baseline": None if baseline is None else baseline.to_dict()},
+        "denoiser": None if denoiser is None else denoiser.describe(list(grid.sigmas)),
         "timings": {"load_s": round(loaded_s, 3), "inversion_s": round(sum(r.result.seconds for r in sweep.runs + sweep.baseline), 3),
                     "evaluation_s": round(sum(r.eval_seconds for r in sweep.runs + sweep.baseline), 3),
                     "total_s": round(total_s, 3)},
@@ -171,6 +177,7 @@ def methods_command() -> None:
 @click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise samples N of G.")
 @click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
+@denoiser_option
 def sanity(**opts: Any) -> None:
     """Clean accuracy and true-trigger ASR of the smoothed classifier per sigma (paper Table 5)."""
     spec = parse_attack(opts["attack_text"])
@@ -180,9 +187,14 @@ def sanity(**opts: Any) -> None:
     clean.check_labels(subject.num_classes)
     check_target(torch.tensor([spec.target]), subject.num_classes)
     sigmas = list(opts["sigma"] or SANITY_SIGMAS)
+    _, denoiser = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels,
+                                  size=size, sigmas=sigmas)
     rows = sanity_table(subject.module, clean.images, clean.labels, spec.trigger(tuple(clean.images.shape[1:])),
                         spec.target, sigmas=sigmas, noise_samples=opts["noise_samples"],
-                        source_classes=spec.source_classes, seed=opts["seed"])
+                        source_classes=spec.source_classes, seed=opts["seed"], denoiser=denoiser)
+    if denoiser is not None:
+        stdout.print(escape(f"denoiser {denoiser.name} (t* per sigma: "
+                            f"{', '.join(f'{s:g}→{denoiser.timestep(s)}' for s in sigmas if s > 0)})"), highlight=False)
     for row in rows:
         stdout.print(f"sigma {row['sigma']:<5g} clean accuracy {row['clean_accuracy']:.1%}  "
                      f"true-trigger ASR {row['trigger_asr']:.1%}")
@@ -206,6 +218,7 @@ def parse_attack(text: str) -> AttackSpec:
 cli.add_command(zoo_group)
 cli.add_command(scan_command)
 cli.add_command(bench_group)
+cli.add_command(denoiser_group)
 
 
 def parse_target(text: str, class_names: list[str] | None) -> int:

@@ -99,7 +99,7 @@ def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = N
         channels=None if opts["channels"] is None else int(opts["channels"]),
         mean=None if opts["mean"] is None else list(opts["mean"]),
         std=None if opts["std"] is None else list(opts["std"]),
-        trust_code=_trust_code(opts),
+        trust_code=trust_code_flag(opts),
         device=device,
     )
     size = loaded.input_size or fallback_size
@@ -117,7 +117,7 @@ def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = N
     return Subject(loaded, Path(opts["model_path"]), _sha256(opts["model_path"]), channels, size, classes, device)
 
 
-def _trust_code(opts: dict[str, Any]) -> bool:
+def trust_code_flag(opts: dict[str, Any]) -> bool:
     """--trust-code, or its deprecated alias --unsafe-pickle (which says so on stderr)."""
     if opts.get("unsafe_pickle"):
         click.echo("warning: --unsafe-pickle is deprecated; use --trust-code", err=True)

@@ -23,7 +23,8 @@ from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
 from ..reporting.scan_report import scan_record, write_scan
-from .options import Subject, load_subject, model_options
+from .denoiser import chosen_denoiser, denoiser_option
+from .options import Subject, load_subject, model_options, trust_code_flag
 from .params import BOUNDS
 from .methods import spec_from_flags
 from .progress import step_progress
@@ -55,6 +56,7 @@ stdout = Console()
 @click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images)
 @click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch)
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
+@denoiser_option
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--no-resume", is_flag=True,
               help="Discard the work saved by an earlier, interrupted run of this scan instead of continuing it.")
@@ -74,8 +76,11 @@ def scan_command(**opts: Any) -> None:
     eps = opts["eps"]
     sigmas = opts["sigma"]
     fallback = opts["fallback_sigma"]
+    ref, _ = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels, size=size,
+                             sigmas=[*(sigmas or SCAN_SIGMAS), *fallback])
     settings = ScanSettings(
-        method=spec_from_flags(opts["method"], {k: opts[k] for k in ("steps", "noise_samples", "max_batch")}),
+        method=spec_from_flags(opts["method"], {**{k: opts[k] for k in ("steps", "noise_samples", "max_batch")},
+                                                "denoiser": ref}),
         eps=None if eps is None else tuple(eps), sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS,
         time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
         seed=opts["seed"], fallback_sigmas=tuple(fallback), rule=DecisionRule(threshold=opts["threshold"]),

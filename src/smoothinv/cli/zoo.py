@@ -8,7 +8,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from ..bench.denoising import model_denoiser
 from ..data.datasets import load_dataset
+from ..denoisers import open_denoiser
 from ..engine.sanity import sanity_table
 from ..reporting.outputs import write_text
 from ..reporting.zoo_report import zoo_markdown
@@ -87,22 +89,30 @@ def _list_row(r: dict) -> str:
 @click.option("--zoo-dir", type=click.Path(path_type=Path), help="Zoo directory (default: the package's zoo).")
 @click.option("--images", default=500, show_default=True, type=BOUNDS.images, help="Test images to use.")
 @click.option("--noise-samples", default=10, show_default=True, type=BOUNDS.noise_samples, help="Noise samples N of G.")
-def sanity_command(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> None:
+@click.option("--denoiser", help="T in G: 'auto' (the shipped denoiser of the model's dataset), a shipped denoiser's "
+                                 "name or a diffusers DDPM folder; default: none.")
+def sanity_command(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int,
+                   denoiser: str | None) -> None:
     """Clean accuracy and true-trigger ASR of a zoo model's smoothed classifier at σ ∈ {0,.12,.25,.5,1}."""
-    rows = zoo_sanity(name, data_root, zoo_dir, images, noise_samples)
+    rows = zoo_sanity(name, data_root, zoo_dir, images, noise_samples, denoiser)
     for row in rows:
         asr = "" if row["trigger_asr"] is None else f"  true-trigger ASR {row['trigger_asr']:.1%}"
         stdout.print(f"sigma {row['sigma']:<5g} clean accuracy {row['clean_accuracy']:.1%}{asr}")
 
 
-def zoo_sanity(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int) -> list[dict[str, float]]:
+def zoo_sanity(name: str, data_root: Path | None, zoo_dir: Path | None, images: int, noise_samples: int,
+               denoiser: str | None = None) -> list[dict[str, float]]:
     zm = load_zoo_model(name, zoo_dir)
+    ref = model_denoiser(denoiser, zm.record["dataset"])
+    t = None if ref is None else open_denoiser(ref)
     x, y = load_dataset(zm.record["dataset"], data_root).split(train=False)
     x, y = x[:images], y[:images]
+    if t is not None:
+        t.check_images(x.shape[1], (x.shape[2], x.shape[3]))
     if zm.attack is None:
-        return sanity_table(zm.module, x, y, None, None, noise_samples=noise_samples)
+        return sanity_table(zm.module, x, y, None, None, noise_samples=noise_samples, denoiser=t)
     return sanity_table(zm.module, x, y, zm.attack.trigger(tuple(x.shape[1:])), zm.attack.target,
-                        noise_samples=noise_samples, source_classes=zm.attack.source_classes)
+                        noise_samples=noise_samples, source_classes=zm.attack.source_classes, denoiser=t)
 
 
 @zoo_group.command("report")

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from ..denoisers import DenoiserRef
+from ..errors import SmoothInvError
 from ..registry import Registry
 from .max_margin import MaxMarginSettings, max_margin_verdict, max_margins
 from .scan import ScanSettings, scan
@@ -47,6 +49,10 @@ class Detector(Protocol):
         """image [C,H,W] in [0,1]; clean_images [N,C,H,W], clean_labels [N]."""
         ...
 
+    def with_denoiser(self, denoiser: DenoiserRef) -> "Detector":
+        """The same detector with T = `denoiser` in its smoothed classifier (raises if it does not smooth)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ScanDetector:
@@ -62,6 +68,9 @@ class ScanDetector:
         options = self.settings.method.config.to_dict()
         return {"method": self.name, "steps": options.get("steps"), "noise_samples": options.get("noise_samples"),
                 "sigmas": list(self.settings.sigmas), "fallback_sigmas": list(self.settings.fallback_sigmas)}
+
+    def with_denoiser(self, denoiser: DenoiserRef) -> "ScanDetector":
+        return replace(self, settings=replace(self.settings, method=self.settings.method.with_options(denoiser=denoiser)))
 
     def detect(self, model: nn.Module, image: Tensor, clean_images: Tensor, clean_labels: Tensor,
                num_classes: int, seed: int) -> Detection:
@@ -91,6 +100,9 @@ class MaxMarginDetector:
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **{k: v for k, v in vars(self.settings).items() if k != "seed"}}
+
+    def with_denoiser(self, denoiser: DenoiserRef) -> "MaxMarginDetector":
+        raise SmoothInvError(f"{self.name} does not smooth the model, so it takes no denoiser")
 
     def detect(self, model: nn.Module, image: Tensor, clean_images: Tensor, clean_labels: Tensor,
                num_classes: int, seed: int) -> Detection:

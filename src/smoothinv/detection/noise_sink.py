@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.sanity import smoothed_predictions
-from ..engine.smoothing import SmoothedClassifier
+from ..engine.smoothing import Denoiser, SmoothedClassifier
 
 PROBE_IMAGES = 200
 RULE = "sigma is collapsed if G sends more than share(0) + (1 - share(0)) / 2 of the clean images to one class"
@@ -60,11 +60,13 @@ def probe_noise_sink(
     noise_samples: int = 8,
     max_images: int = PROBE_IMAGES,
     seed: int = 0,
+    denoiser: Denoiser | None = None,
 ) -> NoiseSink:
-    """Probe G at each σ on up to `max_images` of clean_images [N,C,H,W] (evenly spaced)."""
+    """Probe G (with T = `denoiser`) at each σ on up to `max_images` of clean_images [N,C,H,W]
+    (evenly spaced)."""
     step = max(1, len(clean_images) // max_images)
     images = clean_images[::step][:max_images]
-    smoothed = SmoothedClassifier(model, noise_samples)
+    smoothed = SmoothedClassifier(model, noise_samples, denoiser)
     _, base_share = sink_share(smoothed_predictions(smoothed, images, 0.0, seed))
     limit = base_share + (1.0 - base_share) / 2
     probes = []

@@ -377,7 +377,8 @@ def _probe(model: nn.Module, clean_images: Tensor, settings: ScanSettings, budge
         return stored
     try:
         sink = probe_noise_sink(budget.guard(model), clean_images, settings.sigmas,
-                                noise_samples=settings.probe_samples, seed=settings.seed)
+                                noise_samples=settings.probe_samples, seed=settings.seed,
+                                denoiser=settings.method.build().denoiser_for())
     except DeadlinePassed:
         raise budget.exhausted("during the noise-sink probe, before any class was synthesised") from None
     if saved is not None:

@@ -16,7 +16,7 @@ from ..errors import SmoothInvError
 from ..labels import eligible
 from ..triggers import Trigger
 from .metrics import model_device
-from .smoothing import SmoothedClassifier
+from .smoothing import Denoiser, SmoothedClassifier
 
 SANITY_SIGMAS = (0.0, 0.12, 0.25, 0.5, 1.0)
 
@@ -43,14 +43,16 @@ def sanity_table(
     noise_samples: int = 10,
     source_classes: Sequence[int] | None = None,
     seed: int = 0,
+    denoiser: Denoiser | None = None,
 ) -> list[dict[str, float]]:
     """[{sigma, clean_accuracy, trigger_asr}] for the smoothed model on images [N,C,H,W].
 
     ASR counts images whose label is not the target (and, for label-specific backdoors,
     is one of `source_classes`) and that G sends to `target` once triggered. A clean
-    model (trigger None) gets clean accuracy only (trigger_asr None).
+    model (trigger None) gets clean accuracy only (trigger_asr None). `denoiser` is T in G
+    (SmoothInv "w/ diffusion"; None: the identity).
     """
-    smoothed = SmoothedClassifier(model, noise_samples)
+    smoothed = SmoothedClassifier(model, noise_samples, denoiser)
     triggered = None
     if trigger is not None and target is not None:
         attacked = eligible(labels, target, source_classes)

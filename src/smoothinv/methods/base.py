@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import model_device
 from ..engine.pgd import DescentCheckpoint, StepCallback
+from ..engine.smoothing import Denoiser
 from ..errors import SmoothInvError
 from ..triggers import Trigger
 from .config import MethodConfig
@@ -156,6 +157,11 @@ class Inverter(ABC, Generic[C]):
     def describe(self, config: C | None = None) -> dict[str, Any]:
         """The options of a run, JSON-ready, as its results record them."""
         return (config or self.config).to_dict()
+
+    def denoiser_for(self, config: C | None = None) -> Denoiser | None:
+        """T of the smoothed classifier this method optimises under `config` (None: the identity,
+        or a method that does not smooth). Protocols use it to probe or evaluate G as the method sees it."""
+        return None
 
     # ----------------------------------------------------------------------- the contract
 

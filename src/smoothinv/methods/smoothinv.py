@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..engine.early_stop import RowStopper
 from ..engine.pgd import DescentCheckpoint, PGDSettings, PGDTrace, StepCallback, Stateful, descend
+from ..denoisers import DenoiserRef, OneShotDenoiser, open_denoiser
 from ..engine.smoothing import Denoiser, SmoothedClassifier
 from ..triggers import AdditiveTrigger
 from .base import Found, Inverter, RowControl
@@ -55,7 +56,9 @@ class PlainAdvConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class SmoothInvConfig(MethodConfig):
-    """PlainAdvConfig's options plus sigma: the smoothing noise σ; noise_samples: N copies per step."""
+    """PlainAdvConfig's options plus sigma: the smoothing noise σ; noise_samples: N copies per step;
+    denoiser: T in G, a `DenoiserRef` (`denoisers.resolve_denoiser`), None for the identity (the
+    paper's "w/o diffusion")."""
 
     eps: float | None = None
     sigma: float = 0.25  # type: ignore[misc]
@@ -64,11 +67,14 @@ class SmoothInvConfig(MethodConfig):
     step_fraction: float = 0.05
     optimizer: str = "pgd"
     max_batch: int = 256
+    denoiser: DenoiserRef | None = None
 
     def __post_init__(self) -> None:
         PlainAdvConfig.__post_init__(self)  # type: ignore[arg-type]
         non_negative_float(self, "sigma")
         positive_int(self, "noise_samples")
+        if self.denoiser is not None:
+            object.__setattr__(self, "denoiser", DenoiserRef.from_value(self.denoiser))
 
     descent = PlainAdvConfig.descent
 
@@ -79,7 +85,8 @@ AnyConfig = SmoothInvConfig | PlainAdvConfig
 class SmoothInv(Inverter[SmoothInvConfig]):
     """Synthesise an additive backdoor perturbation on the smoothed classifier.
 
-    `denoiser` is T in G (None = identity, the paper's best variant). Rows that differ only in
+    T in G is the `denoiser` given here (any callable, e.g. a OneShotDenoiser), else the one the
+    configuration names, else the identity (the paper's best variant on its zoo). Rows that differ only in
     eps and sigma run as one batched descent (`invert_rows`), so a scan's classes × grid points
     share every forward pass.
     """
@@ -105,9 +112,17 @@ class SmoothInv(Inverter[SmoothInvConfig]):
             "optimizer": config.optimizer,
         }
         if isinstance(config, SmoothInvConfig):
-            out["denoiser"] = None if self.denoiser is None else getattr(self.denoiser, "name",
-                                                                          type(self.denoiser).__name__)
+            denoiser = self.denoiser_for(config)
+            out["denoiser"] = (None if denoiser is None else denoiser.describe([config.sigma])
+                               if isinstance(denoiser, OneShotDenoiser) else getattr(denoiser, "name", type(denoiser).__name__))
         return out
+
+    def denoiser_for(self, config: AnyConfig | None = None) -> Denoiser | None:
+        """T for rows of `config`: the callable given to the constructor, else the configured one."""
+        config = config or self.config
+        if self.denoiser is not None or not isinstance(config, SmoothInvConfig) or config.denoiser is None:
+            return self.denoiser
+        return open_denoiser(config.denoiser)
 
     def _group(self, config: AnyConfig) -> AnyConfig:  # type: ignore[override]
         """Rows that differ only in eps and sigma run as one batched descent."""
@@ -142,7 +157,7 @@ class SmoothInv(Inverter[SmoothInvConfig]):
         Row b's noise comes from generators[b]. A `stopper` freezes rows whose target
         probability has saturated and honours a deadline; a `checkpoint` saves the descent now
         and then and resumes a saved one bit for bit (engine.pgd.descend)."""
-        smoothed = SmoothedClassifier(model, config.noise_samples, self.denoiser, config.max_batch)
+        smoothed = SmoothedClassifier(model, config.noise_samples, self.denoiser_for(config), config.max_batch)
         sigma = sigma.to(device=x.device, dtype=torch.float32)
 
         def rows_loss_and_grad(x_rows: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -79,7 +79,7 @@ def save_inversion_pictures(
         "synthesized": synthesized,
         "perturbation": perturbation,
         "zoom": _enlarge(zoom, zoom_scale),
-        "overview": _overview([clean, synthesized, perturbation, zoom]),
+        "overview": overview_row([clean, synthesized, perturbation, zoom]),
     }
     out = Path(out_dir)
     names: dict[str, str] = {}
@@ -116,7 +116,7 @@ def _resize_nearest(image: torch.Tensor, height: int, width: int) -> torch.Tenso
     return F.interpolate(image[None], size=(height, width), mode="nearest-exact")[0]
 
 
-def _overview(panels: list[torch.Tensor]) -> torch.Tensor:
+def overview_row(panels: list[torch.Tensor]) -> torch.Tensor:
     """Panels [C,h,w] side by side at one height (≥ 128 px) with white gaps: [C,T,total]."""
     first_height = panels[0].shape[1]
     height = first_height * _scale_to(first_height, MIN_PICTURE_PX)

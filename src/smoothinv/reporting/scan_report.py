@@ -48,8 +48,10 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
                      for r in cr.runs],
         })
     settings = result.settings
+    denoiser = settings.method.build().denoiser_for()
     return {
         **context,
+        "denoiser": None if denoiser is None else _describe_denoiser(denoiser, result),
         "verdict": result.verdict,
         "targets": result.targets,
         "target_names": [name(c) for c in result.targets],
@@ -68,6 +70,13 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
         "timings": result.seconds,
         "classes": classes,
     }
+
+
+def _describe_denoiser(denoiser: Any, result: ScanResult) -> Any:
+    """The denoiser's record (name, weights hash, t* per σ of the scan), or its name."""
+    sigmas = sorted({*result.sigmas, *(result.fallback_from or {}).get("sigmas", [])})
+    describe = getattr(denoiser, "describe", None)
+    return describe(sigmas) if callable(describe) else getattr(denoiser, "name", type(denoiser).__name__)
 
 
 def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], images: Sequence[Tensor]) -> None:
