@@ -4,6 +4,7 @@ the shipped denoisers, and --denoiser through the commands."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import error_line, run_cli, tiny_cnn
-from smoothinv.data.datasets import data_root, load_dataset
+from smoothinv.data.datasets import DATA_ENV, data_root, load_dataset
 from smoothinv.denoisers import (DENOISERS, DenoiserRef, NoiseSchedule, load_denoiser, open_denoiser,
                                  resolve_denoiser)
 from smoothinv.denoisers.quality import denoising_psnr
@@ -23,6 +24,7 @@ from smoothinv.methods import get_method
 from smoothinv.methods.registry import method_spec
 from smoothinv.models import create_model, save_model
 
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 diffusers = pytest.importorskip("diffusers", reason="the diffusion extra (pip install 'smoothinv[diffusion]')")
 
 
@@ -165,11 +167,11 @@ def test_smoothinv_differentiates_through_the_denoiser_and_records_it(tmp_path):
 def test_shipped_denoisers_load_and_beat_the_noisy_input(name):
     denoiser = load_denoiser(name)
     dataset = DENOISERS.get(name).dataset
-    root = data_root()
+    root = data_root() if os.environ.get(DATA_ENV) else SHARED
     needed = root / ("cifar10-jpeg.tar" if dataset == "cifar10" else "fashion-mnist")
     if not needed.exists():
-        pytest.skip(f"{needed} not found; set SMOOTHINV_DATA to check {name} on real test images")
-    x, _ = load_dataset(dataset).split(train=False)
+        pytest.skip(f"{needed} not found; set {DATA_ENV} to check {name} on real test images")
+    x, _ = load_dataset(dataset, root).split(train=False)
     rows = denoising_psnr(denoiser, x[:16], [0.25], seed=0)
     assert rows[0]["psnr_denoised"] > rows[0]["psnr_clipped"] + 3, rows
 
