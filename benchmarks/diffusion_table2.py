@@ -5,7 +5,7 @@ with one side-by-side picture per model (docs/benchmarks.md, "SmoothInv w/ diffu
         --out benchmarks/results/table2-diffusion-a.json --pictures docs/pictures/diffusion
 
 For each backdoored zoo model: the same `--images` test images as `smoothinv bench table2`
-(bench.table2.pick_images, seed 0) and the same held-out clean images; SmoothInv on the paper's
+(bench.table2.pick_images, seed 0) and the same held-out clean images (held_out); SmoothInv on the paper's
 ε × σ grid scaled to the input, once without T and once with the shipped denoiser of the model's
 dataset, at the same steps and N; the best config's ASR per image (the paper's protocol). The
 picture shows, for the first image: the image, then w/o: perturbation and synthesised image,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from smoothinv.bench.table2 import pick_images
+from smoothinv.bench.table2 import held_out, pick_images
 from smoothinv.data.datasets import load_dataset
 from smoothinv.data.images import save_image
 from smoothinv.denoisers import resolve_denoiser, shipped_for
@@ -55,11 +55,7 @@ def main() -> None:
         x, y = load_dataset(record["dataset"]).split(train=False)
         target, sources = record["target"], record["source_classes"]
         picks = pick_images(y, target, sources, args.images, 0)
-        held = torch.ones(len(y), dtype=torch.bool)
-        held[picks] = False
-        if sources is not None:
-            held &= torch.isin(y, torch.tensor(sources, dtype=y.dtype)) | (y == target)
-        x_clean, y_clean = x[held][: args.clean_images], y[held][: args.clean_images]
+        x_clean, y_clean = held_out(x, y, picks, target, sources, args.clean_images)
         grid = Grid.for_shape(x.shape[1:])
         ref = resolve_denoiser(shipped_for(record["dataset"]))
         row = {"model": name, "attack": record["attack"]["attack"], "denoiser": ref.name, "images": picks}

@@ -34,6 +34,17 @@ def pick_images(labels: torch.Tensor, target: int, sources: Sequence[int] | None
     return [int(i) for i in candidates[order[:count]]]
 
 
+def held_out(x: torch.Tensor, y: torch.Tensor, picks: Sequence[int], target: int, sources: Sequence[int] | None,
+             count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` test images [count,C,H,W] and labels that ASR is measured on: not one of
+    the `picks` inverted from, and of a source class or the target for label-specific backdoors."""
+    held = torch.ones(len(y), dtype=torch.bool)
+    held[list(picks)] = False
+    if sources is not None:
+        held &= torch.isin(y, torch.tensor(sources, dtype=y.dtype)) | (y == target)
+    return x[held][:count], y[held][:count]
+
+
 def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] | None = None, images: int = 10,
            clean_images: int = 500, data_root: str | Path | None = None, seed: int = 0,
            denoiser: str | None = None, log: Log = print) -> list[dict[str, Any]]:
@@ -49,11 +60,7 @@ def table2(*, methods: Sequence[MethodSpec] | None = None, names: Sequence[str] 
         x, y = load_dataset(record["dataset"], data_root).split(train=False)
         target, sources = record["target"], record["source_classes"]
         picks = pick_images(y, target, sources, images, seed)
-        held = torch.ones(len(y), dtype=torch.bool)
-        held[picks] = False
-        if sources is not None:
-            held &= torch.isin(y, torch.tensor(sources, dtype=y.dtype)) | (y == target)
-        x_clean, y_clean = x[held][:clean_images], y[held][:clean_images]
+        x_clean, y_clean = held_out(x, y, picks, target, sources, clean_images)
         grid = Grid.for_shape(x.shape[1:])
         ref = model_denoiser(denoiser, record["dataset"])
         for spec in specs:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..data.datasets import load_dataset
+from ..denoiser_training import DenoiserRecipe, train_denoiser
 from ..denoisers import DenoiserRef, OneShotDenoiser, list_denoisers, load_denoiser, open_denoiser, resolve_denoiser
 from ..denoisers.quality import denoising_psnr
 from ..errors import SmoothInvError
@@ -92,13 +93,11 @@ def psnr_command(text: str, dataset: str, sigma: tuple[float, ...], images: int,
 @click.option("--dataset", required=True, type=click.Choice(["cifar10", "fashion-mnist"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the diffusers-format denoiser (a checkpoint there is resumed).")
-@click.option("--steps", default=3600, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.option("--steps", default=DenoiserRecipe.steps, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--data-root", type=click.Path(path_type=Path))
 def train_command(dataset: str, out: Path, steps: int, seed: int, data_root: Path | None) -> None:
     """Train a small one-shot DDPM denoiser on a dataset's training images (docs/denoisers.md)."""
-    from ..denoiser_training import DenoiserRecipe, train_denoiser
-
     if out.exists() and not (out / "checkpoint.pt").is_file() and any(out.iterdir()):
         raise SmoothInvError(f"{out} exists and holds no training checkpoint; give a new folder")
     x, _ = load_dataset(dataset, data_root).split(train=True)

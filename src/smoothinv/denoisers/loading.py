@@ -21,14 +21,14 @@ import torch
 from ..errors import SmoothInvError, param
 from ..files import sha256_file
 from ..models.formats import read_safetensors, read_torch_save, refuse_code
+from .export import METADATA, WEIGHTS
 from .one_shot import DenoiserInfo, OneShotDenoiser
 from .registry import DENOISERS
 from .schedule import NoiseSchedule
 from .unet import diffusers
 
-SAFE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+SAFE_WEIGHTS = (WEIGHTS, "diffusion_pytorch_model.fp16.safetensors")
 PICKLED_WEIGHTS = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
-METADATA = "smoothinv.json"
 _MAX_CONFIG_BYTES = 1 << 20
 # Bounds on a config's UNet before it is built (a crafted config must not allocate without limit).
 _MAX_WIDTH, _MAX_LEVELS, _MAX_LAYERS, _MAX_SIZE, _MAX_PARAMETERS = 4096, 8, 8, 1024, 2_000_000_000
