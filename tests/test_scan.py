@@ -356,9 +356,10 @@ def test_scan_cli_writes_report(planted, tmp_path, monkeypatch, capsys):
     record = json.loads((out / "scan.json").read_text())
     assert record["verdict"] == "backdoored" and record["targets"] == [PLANTED_TARGET]
     assert len(record["classes"]) == 9 and record["skipped_classes"].keys() == {"4"}
-    assert record["settings"]["sigmas"] == [0.25, 0.5, 1.0]  # the default grid
-    assert all(len(c["runs"]) == 6 for c in record["classes"])
-    assert [p["sigma"] for p in record["noise_sink"]["probes"]] == [0.25, 0.5, 1.0]
+    assert record["settings"]["sigmas"] == [0.25]  # the default grid
+    assert all(len(c["runs"]) == 2 for c in record["classes"])
+    assert [p["sigma"] for p in record["noise_sink"]["probes"]] == [0.25]
+    assert record["settings"]["class_screen"]["min_classes"] > 10 and record["screen"] is None  # 10 classes: no screen
     assert isinstance(record["warnings"], list)
     flagged_class = next(c for c in record["classes"] if c["class"] == PLANTED_TARGET)
     assert set(flagged_class["evidence"]["asr_by_source"]) == {str(c) for c in range(10)} - {str(PLANTED_TARGET)}

@@ -11,6 +11,7 @@ Shards run in parallel (one process per core, disjoint --model sets) join with `
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,6 +42,30 @@ def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
     return int(candidates[torch.randint(len(candidates), (1,), generator=torch.Generator().manual_seed(seed))])
 
 
+@dataclass
+class ZooSubject:
+    """A zoo model and what a benchmark scans it with: one seeded clean test image not of its target,
+    and the first `clean_images` other test images for transfer."""
+
+    name: str
+    model: torch.nn.Module
+    image: torch.Tensor
+    clean_images: torch.Tensor
+    clean_labels: torch.Tensor
+    num_classes: int
+
+
+def zoo_subject(record: dict[str, Any], data_root: str | Path | None, clean_images: int, seed: int) -> ZooSubject:
+    """The benchmark inputs of the zoo model `record` (a manifest record)."""
+    zm = load_zoo_model(record["name"])
+    x, y = load_dataset(record["dataset"], data_root).split(train=False)
+    pick = scan_image(y, record["target"], seed)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[pick] = False
+    return ZooSubject(record["name"], zm.module, x[pick], x[keep][:clean_images], y[keep][:clean_images],
+                      len(record["class_names"]))
+
+
 def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
                      clean_images: int = 500, seed: int = 0, pictures: str | Path | None = None,
                      denoiser: str | None = None, log: Log = print) -> dict[str, Any]:
@@ -49,20 +74,16 @@ def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, 
     in `<model>/class-<c>/`, so each miss can be looked at. `denoiser` (None, "auto", a name or a
     folder; bench.denoising) is T in the scan's smoothed classifier."""
     rows = []
-    for record in list_zoo():
-        if names and record["name"] not in names:
-            continue
-        zm = load_zoo_model(record["name"])
-        x, y = load_dataset(record["dataset"], data_root).split(train=False)
-        pick = scan_image(y, record["target"], seed)
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[pick] = False
-        x_clean, y_clean = x[keep][:clean_images], y[keep][:clean_images]
-        log(f"{record['name']}: {detector.name} on {len(record['class_names'])} classes ...")
+    records = [record for record in list_zoo() if not names or record["name"] in names]
+    denoisers = {record["dataset"]: model_denoiser(denoiser, record["dataset"]) for record in records}  # fail early
+    for record in records:
+        subject = zoo_subject(record, data_root, clean_images, seed)
+        log(f"{record['name']}: {detector.name} on {subject.num_classes} classes ...")
         start = time.perf_counter()
-        ref = model_denoiser(denoiser, record["dataset"])
+        ref = denoisers[record["dataset"]]
         model_detector = detector if ref is None else detector.with_denoiser(ref)
-        found = model_detector.detect(zm.module, x[pick], x_clean, y_clean, len(record["class_names"]), seed)
+        found = model_detector.detect(subject.model, subject.image, subject.clean_images, subject.clean_labels,
+                                      subject.num_classes, seed)
         seconds = time.perf_counter() - start
         backdoored = record["attack"] is not None
         row = {"model": record["name"], "arch": record["arch"], "dataset": record["dataset"], "backdoored": backdoored,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,10 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..bench.detect import detect_benchmark, merge_reports
+from ..bench.speed import speed_benchmark
 from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
 from ..detection.detectors import DATA_FREE, Detector, ScanDetector
 from ..detection.scan import SCAN_SIGMAS
+from .scan import EXHAUSTIVE_HELP
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.registry import method_options
@@ -42,6 +45,7 @@ def bench_group() -> None:
 @click.option("--steps", default=200, show_default=True, type=BOUNDS.steps)
 @click.option("--noise-samples", default=8, show_default=True, type=BOUNDS.noise_samples)
 @click.option("--sigma", type=BOUNDS.positive_sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--exhaustive", is_flag=True, help=EXHAUSTIVE_HELP)
 @click.option("--clean-images", default=500, show_default=True, type=click.IntRange(10, MAX_IMAGES))
 @click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows and summary as JSON here.")
@@ -49,7 +53,7 @@ def bench_group() -> None:
               help="Folder for each model's evidence pictures (true target and flagged classes), to look at the misses.")
 @click.option("--denoiser", help=BENCH_DENOISER_HELP)
 def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
-                   sigma: tuple[float, ...] | None, clean_images: int, seed: int, out: Path | None,
+                   sigma: tuple[float, ...] | None, exhaustive: bool, clean_images: int, seed: int, out: Path | None,
                    pictures: Path | None, denoiser: str | None) -> None:
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     if out is not None:
@@ -57,7 +61,7 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
     if pictures is not None and pictures.exists() and (not pictures.is_dir() or any(pictures.iterdir())):
         raise click.UsageError(f"--pictures {pictures} exists and is not an empty folder; give a new one "
                                "(pictures of earlier runs are never replaced)")
-    detector = _detector(method, steps, noise_samples, sigma)
+    detector = _detector(method, steps, noise_samples, sigma, exhaustive)
     if denoiser is not None and method in DATA_FREE:
         raise click.UsageError(f"--denoiser does not apply to --method {method} (it does not smooth the model)")
     if denoiser is not None and "denoiser" not in method_options(method):
@@ -70,13 +74,16 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
         write_json(out, report)
 
 
-def _detector(method: str, steps: int, noise_samples: int, sigma: tuple[float, ...] | None) -> Detector:
+def _detector(method: str, steps: int, noise_samples: int, sigma: tuple[float, ...] | None, exhaustive: bool) -> Detector:
     """The scan with `method`, or a data-free detector (which takes none of the scan's flags)."""
     if method not in DATA_FREE:
-        return ScanDetector(ScanSettings(method=spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples}),
-                                         sigmas=tuple(sigma) if sigma else SCAN_SIGMAS, probe_samples=noise_samples))
+        spec = spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples})
+        base = ScanSettings.exhaustive() if exhaustive else ScanSettings()
+        return ScanDetector(replace(base, method=spec, sigmas=tuple(sigma) if sigma else base.sigmas,
+                                    probe_samples=noise_samples))
     ctx = click.get_current_context()
-    given = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma") if typed(ctx, name)]
+    given = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma", "exhaustive")
+             if typed(ctx, name)]
     if given:
         raise click.UsageError(f"{', '.join(given)} does not apply to --method {method} (it runs its reference settings)")
     return DATA_FREE.get(method)()
@@ -139,3 +146,40 @@ def table2_command(methods: tuple[str, ...], names: tuple[str, ...], images: int
             writer.writerow([r["model"], r["attack"], r["method"], r["asr"], r["images"], r["seconds_per_image"],
                              " ".join(map(str, r["asr_per_image"])), r["denoiser"] or ""])
         write_text(out, buffer.getvalue())
+
+
+SPEED_MODELS = ("cifar10-badnets", "cifar10-clean-s0", "fmnist-badnets")
+SCALING_MODELS = ("cifar10-badnets", "glyphs100-badnets", "glyphs100-clean")
+
+
+@bench_group.command("speed")
+@click.option("--model", "models", multiple=True,
+              help=f"Zoo models to scan both ways, exhaustive and default (repeatable).  [default: {' '.join(SPEED_MODELS)}]")
+@click.option("--scaling", "scaling", multiple=True,
+              help="Zoo models whose default scan times are compared with the first's, to see the cost grow with the "
+                   f"number of classes (repeatable).  [default: {' '.join(SCALING_MODELS)}]")
+@click.option("--data-root", type=click.Path(path_type=Path))
+@click.option("--clean-images", default=500, show_default=True, type=click.IntRange(10, MAX_IMAGES))
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the measurements as JSON here.")
+def speed_command(models: tuple[str, ...], scaling: tuple[str, ...], data_root: Path | None, clean_images: int,
+                  seed: int, out: Path | None) -> None:
+    """Time the default scan against the exhaustive one in one process, and against the number of classes."""
+    if out is not None:
+        check_file_destination(out)
+    report = speed_benchmark(models or SPEED_MODELS, scaling or SCALING_MODELS, data_root=data_root,
+                             clean_images=clean_images, seed=seed, log=lambda line: err.print(escape(line), highlight=False))
+    stdout.print(f"torch threads: {report['threads']}")
+    stdout.print("| model | classes | exhaustive s | flagged | default s | flagged | speed-up | same verdict, targets |")
+    stdout.print("|---|---|---|---|---|---|---|---|")
+    for r in report["comparison"]:
+        e, d = r["exhaustive"], r["default"]
+        stdout.print(f"| {r['model']} | {r['classes']} | {e['seconds']:.0f} | {e['flagged']} | {d['seconds']:.0f} | "
+                     f"{d['flagged']} | {r['speedup']:.1f}x | {'yes' if r['same_verdict'] and r['same_targets'] else 'NO'} |")
+    stdout.print("| model | classes | default s | relative | flagged | truth | classes on the full grid |")
+    stdout.print("|---|---|---|---|---|---|---|")
+    for r in report["scaling"]:
+        stdout.print(f"| {r['model']} | {r['classes']} | {r['seconds']:.0f} | {r['relative_time']:.2f}x | {r['flagged']} | "
+                     f"{r['truth']} | {r['classes_on_full_grid']} |")
+    if out is not None:
+        write_json(out, report)

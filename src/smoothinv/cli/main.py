@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..attacks import AttackSpec, attack_from_dict, list_attacks
 from ..engine.sanity import SANITY_SIGMAS, sanity_table
 from ..zoo.manifest import read_manifest
 from ..data import load_clean_set, load_image
-from ..protocols.sweep import Grid, run_sweep, sweep_steps
+from ..protocols.sweep import Grid, Racing, run_sweep, sweep_steps
 from ..errors import SmoothInvError
 from ..methods import list_methods, method_spec
 from ..methods.base import check_target
@@ -28,7 +29,7 @@ from ..models import list_models
 from ..reporting.inversion import inversion_record, write_inversion
 from ..reporting.outputs import atomic_directory, check_destination
 from .denoiser import chosen_denoiser, denoiser_group, denoiser_option
-from .options import load_subject, model_options, trust_code_flag
+from .options import load_subject, model_options, precision_option, trust_code_flag
 from .params import BOUNDS, MAX_CLASS_INDEX
 from .progress import step_progress
 from .tables import sweep_table
@@ -65,6 +66,11 @@ def cli() -> None:
               help="smoothinv: as in the paper; momentum: as in the authors' code; plainadv: no smoothing; "
                    "see `smoothinv methods`.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run PlainAdv at each eps.")
+@click.option("--exhaustive", is_flag=True,
+              help="Run every config to its last step, one after the other (the paper's protocol as written). By "
+                   "default the configs run as one batched descent and a config stops once a transfer race on 256 "
+                   "clean images shows it can no longer be the best.")
+@precision_option
 @click.option("--clean-limit", default=1000, show_default=True, type=BOUNDS.images, help="Use at most this many clean images (seeded).")
 @click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch, help="Images per forward pass (lower it to save memory).")
 @denoiser_option
@@ -95,9 +101,13 @@ def invert(**opts: Any) -> None:
     err.print(escape(f"model {subject.path.name}: {subject.loaded.format}, {subject.num_classes} classes, "
                      f"input {subject.channels}x{size[0]}x{size[1]}; clean set: {len(clean)} images; "
                      f"eps grid {list(grid.eps)}"), highlight=False, soft_wrap=True)
-    with step_progress(sweep_steps(method, baseline, grid), err) as hook:
+    if opts["exhaustive"] and opts["precision"] not in (None, "fp32"):
+        raise click.UsageError("--exhaustive runs the paper's protocol as written, in fp32; drop --precision")
+    racing = None if opts["exhaustive"] else Racing(precision=opts["precision"] or "auto")
+    with step_progress(sweep_steps(method, baseline, grid, racing), err) as hook:
         sweep = run_sweep(subject.module, image, target, clean.images, clean.labels, grid, method=method,
-                          baseline=baseline, seed=opts["seed"], eval_batch=opts["max_batch"], progress=hook)
+                          baseline=baseline, seed=opts["seed"], eval_batch=opts["max_batch"], progress=hook,
+                          racing=racing)
     total_s = time.perf_counter() - started
     context = {
         "smoothinv_version": __version__,
@@ -108,7 +118,8 @@ def invert(**opts: Any) -> None:
                       "class_names": clean.class_names},
         "target_name": None if not clean.class_names or target >= len(clean.class_names) else clean.class_names[target],
         "seed": opts["seed"],
-        "settings": {"method": method.to_dict(), "baseline": None if baseline is None else baseline.to_dict()},
+        "settings": {"method": method.to_dict(), "baseline": None if baseline is None else baseline.to_dict(),
+                     "racing": None if racing is None else asdict(racing)},
         "denoiser": None if denoiser is None else denoiser.describe(list(grid.sigmas)),
         "timings": {"load_s": round(loaded_s, 3), "inversion_s": round(sum(r.result.seconds for r in sweep.runs + sweep.baseline), 3),
                     "evaluation_s": round(sum(r.eval_seconds for r in sweep.runs + sweep.baseline), 3),

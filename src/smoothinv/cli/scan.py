@@ -17,20 +17,24 @@ from rich.table import Table
 from .. import __version__
 from ..data import CleanSet, load_clean_set, load_image
 from ..detection import DecisionRule, ScanSettings, scan
+from ..detection.screen import ClassScreen
 from ..detection.checkpoint import ScanCheckpoint, checkpoint_interval
-from ..detection.scan import FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
+from ..detection.scan import EXHAUSTIVE_SIGMAS, FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
 from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
 from ..reporting.scan_report import scan_record, write_scan
 from .denoiser import chosen_denoiser, denoiser_option
-from .options import Subject, load_subject, model_options, trust_code_flag
+from .options import Subject, load_subject, model_options, precision_option, trust_code_flag
 from .params import BOUNDS
 from .methods import spec_from_flags
 from .progress import step_progress
 
 err = Console(stderr=True)
 stdout = Console()
+EXHAUSTIVE_HELP = ("Every class on the full grid in fp32, as every scan ran before issue 14: sigma "
+                   f"{','.join(map(str, EXHAUSTIVE_SIGMAS))}, no class screen, fp32. Several times slower, and linear "
+                   "in the number of classes; for comparison and research.")
 
 
 @click.command("scan")
@@ -42,7 +46,10 @@ stdout = Console()
 @click.option("--classes", type=BOUNDS.classes, help="Scan only these class indices, comma-separated (default: all).")
 @click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
 @click.option("--eps", type=BOUNDS.eps, help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
-@click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}]")
+@click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}; "
+                                                  f"with --exhaustive {','.join(map(str, EXHAUSTIVE_SIGMAS))}]")
+@click.option("--exhaustive", is_flag=True, help=EXHAUSTIVE_HELP)
+@precision_option
 @click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True, type=BOUNDS.fallback_sigmas,
               help="Noise levels to rerun at if no perturbation flips even 10% of the clean images at --sigma "
                    "(noise pins the model to one class); 'none' disables.")
@@ -76,12 +83,14 @@ def scan_command(**opts: Any) -> None:
     eps = opts["eps"]
     sigmas = opts["sigma"]
     fallback = opts["fallback_sigma"]
+    grid_sigmas = tuple(sigmas) if sigmas else EXHAUSTIVE_SIGMAS if opts["exhaustive"] else SCAN_SIGMAS
     ref, _ = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels, size=size,
-                             sigmas=[*(sigmas or SCAN_SIGMAS), *fallback])
+                             sigmas=[*grid_sigmas, *fallback])
     settings = ScanSettings(
         method=spec_from_flags(opts["method"], {**{k: opts[k] for k in ("steps", "noise_samples", "max_batch")},
                                                 "denoiser": ref}),
-        eps=None if eps is None else tuple(eps), sigmas=tuple(sigmas) if sigmas else SCAN_SIGMAS,
+        eps=None if eps is None else tuple(eps), sigmas=grid_sigmas, screen=None if opts["exhaustive"] else ClassScreen(),
+        precision=opts["precision"] or ("fp32" if opts["exhaustive"] else "auto"),
         time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
         seed=opts["seed"], fallback_sigmas=tuple(fallback), rule=DecisionRule(threshold=opts["threshold"]),
     )

@@ -20,7 +20,8 @@ def sweep_table(sweep: Sweep, title: str) -> Table:
         table.add_row(
             r.method + mark, f"{r.config['eps']:.3g}" if "eps" in r.config else "-", f"{r.config['sigma']:g}" if "sigma" in r.config else "-",
             f"{float(r.target_prob[0]):.2f} -> {float(r.target_prob[-1]):.2f}", f"{float(r.perturbation.norm()):.3f}",
-            f"{run.asr:.1%}", f"{r.seconds:.1f}",
+            f"{run.asr:.1%}" + ("" if run.asr_images is None else f" ({run.asr_images} img, raced out)"),
+            f"{r.seconds:.1f}",
             style="bold green" if run is best else None,
         )
     return table

@@ -1,4 +1,5 @@
-"""Training datasets: CIFAR-10 (JPEG ImageFolder inside a tar) and Fashion-MNIST (IDX).
+"""Training datasets: CIFAR-10 (JPEG ImageFolder inside a tar), Fashion-MNIST (IDX) and
+glyphs100 (100 classes of characters rendered from fonts, data.glyphs).
 
 Data lives outside the repository. The location is the `root` argument, else the
 SMOOTHINV_DATA environment variable, else ../shared/data; when files are missing the error
@@ -131,10 +132,10 @@ def _decode_cifar_tar(tar_path: Path) -> Dataset:
     return Dataset("cifar10", train_x, train_y, test_x, test_y, classes)
 
 
-def _save_cache(path: Path, data: Dataset) -> None:
+def _save_cache(path: Path, data: Dataset, prefix: str = ".cifar10-") -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, prefix=".cifar10-", suffix=".npz", permissions=None) as f:
+        with atomic_write(path, prefix=prefix, suffix=".npz", permissions=None) as f:
             np.savez(f, train_x=data.train_images, train_y=data.train_labels, test_x=data.test_images,
                      test_y=data.test_labels, classes=np.array(data.class_names))
     except OSError:
@@ -177,9 +178,18 @@ def load_fashion_mnist(root: str | Path | None = None) -> Dataset:
                    test_y.astype(np.int64), list(FASHION_CLASSES))
 
 
+def load_glyphs100(root: str | Path | None = None) -> Dataset:
+    """glyphs100, 100 classes of characters rendered from the installed DejaVu fonts (data.glyphs);
+    `root` is ignored."""
+    from .glyphs import load_glyphs100 as load  # glyphs builds on this module's Dataset and cache
+
+    return load(root)
+
+
 DATASETS: dict[str, Callable[[str | Path | None], Dataset]] = {
     "cifar10": load_cifar10,
     "fashion-mnist": load_fashion_mnist,
+    "glyphs100": load_glyphs100,
 }
 
 

@@ -67,7 +67,9 @@ class ScanDetector:
     def describe(self) -> dict[str, Any]:
         options = self.settings.method.config.to_dict()
         return {"method": self.name, "steps": options.get("steps"), "noise_samples": options.get("noise_samples"),
-                "sigmas": list(self.settings.sigmas), "fallback_sigmas": list(self.settings.fallback_sigmas)}
+                "sigmas": list(self.settings.sigmas), "fallback_sigmas": list(self.settings.fallback_sigmas),
+                "class_screen": None if self.settings.screen is None else vars(self.settings.screen),
+                "precision": self.settings.precision}
 
     def with_denoiser(self, denoiser: DenoiserRef) -> "ScanDetector":
         return replace(self, settings=replace(self.settings, method=self.settings.method.with_options(denoiser=denoiser)))
@@ -88,7 +90,10 @@ class ScanDetector:
                     if c.evidence is not None}
         return Detection(result.targets, max(c.score for c in result.classes), result.timed_out, classes,
                          {"sigmas": list(result.sigmas), "eps": list(result.eps), "fallback_from": result.fallback_from,
-                          "skipped": {str(k): v for k, v in result.skipped.items()}}, evidence)
+                          "skipped": {str(k): v for k, v in result.skipped.items()},
+                          "screen": None if result.screen is None else
+                          {k: v for k, v in result.screen.to_dict().items() if k != "seconds"},
+                          "descent_precision": result.precision}, evidence)
 
 
 @dataclass(frozen=True)

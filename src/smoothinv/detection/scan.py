@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..engine.early_stop import DeadlinePassed, RowStopper
 from ..engine.metrics import energy_concentration, hits_by_source, predict, triggered_hits
 from ..engine.pgd import DescentCheckpoint
+from ..engine.precision import precision_used, with_precision
 from ..errors import SmoothInvError
 from ..labels import eligible
 from ..methods.base import InversionResult, RowControl
@@ -34,12 +35,16 @@ from ..protocols.sweep import Grid, ProgressHook, grid_options
 from .budget import BudgetExhausted, TimeBudget, evaluation_calls
 from .decision import DecisionRule, class_scores, describe_small_outliers, flagged, small_outliers
 from .noise_sink import NoiseSink, probe_noise_sink
+from .screen import ClassScreen, ScreenedClass, ScreenSummary, bounded_scores, select_for_full
 
 if TYPE_CHECKING:
     from .checkpoint import RunCheckpoint, ScanCheckpoint
 
 EPS_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
-SCAN_SIGMAS = (0.25, 0.5, 1.0)
+SCAN_SIGMAS = (0.25,)
+EXHAUSTIVE_SIGMAS = (0.25, 0.5, 1.0)
+"""The σ grid before issue 14. σ = 0.25 alone decided every model of the zoo benches as all three
+did (docs/benchmarks.md, A faster scan), at a third of the rows."""
 FALLBACK_SIGMAS = (0.12,)
 PINNED_ASR = 0.1
 """If no class's perturbation flips even PINNED_ASR of the clean images at any (ε, σ), G did not
@@ -69,7 +74,10 @@ class ScanSettings:
     time_budget: seconds the whole scan may take (noise probe, synthesis, evaluation,
     fallback rerun); max_batch: images per forward pass when measuring transfer and probing;
     probe_samples: noise copies per image of the noise-sink probe; rule: the transfer
-    verdict (decision.py); fallback_sigmas, pinned_asr: the rerun when noise pins G."""
+    verdict (decision.py); fallback_sigmas, pinned_asr: the rerun when noise pins G; screen:
+    the class screen of many-class models (screen.py; None: every class on the full grid);
+    precision: how the descent runs the model (engine.precision: "auto" = bfloat16 autocast where
+    the hardware has it); the noise probe and every ASR are measured in float32."""
 
     method: MethodSpec = SCAN_METHOD
     eps: tuple[float, ...] | None = None
@@ -82,6 +90,14 @@ class ScanSettings:
     rule: DecisionRule = DecisionRule()
     fallback_sigmas: tuple[float, ...] = FALLBACK_SIGMAS
     pinned_asr: float = PINNED_ASR
+    screen: ClassScreen | None = ClassScreen()
+    precision: str = "auto"
+
+    @classmethod
+    def exhaustive(cls, **changes: Any) -> ScanSettings:
+        """Every class on the full grid in float32, as every scan ran before issue 14: σ ∈
+        EXHAUSTIVE_SIGMAS, no class screen (`--exhaustive`)."""
+        return cls(**{"sigmas": EXHAUSTIVE_SIGMAS, "screen": None, "precision": "fp32", **changes})
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,10 @@ class ScanResult:
     """The rule the verdict came from, in words."""
     fallback_from: dict[str, Any] | None = None
     """Set when this result comes from the fallback σ: the first grid's σ and highest ASR."""
+    screen: ScreenSummary | None = None
+    """Set when the class screen chose the classes run on the full grid (screen.py)."""
+    precision: str = "fp32"
+    """What the descent ran in ("bf16": engine.precision.Autocast)."""
 
     @property
     def max_asr(self) -> float:
@@ -199,9 +219,9 @@ def scan(
     budget = TimeBudget(settings.time_budget, start)
     if checkpoint is not None:
         checkpoint.begin(model, images, clean_images, clean_labels, num_classes, settings, classes)
-    once = functools.partial(_scan_once, model, images, clean_images, clean_labels, num_classes, classes=classes,
-                             progress=progress, budget=budget)
-    result = once(settings, saved=None if checkpoint is None else checkpoint.run("grid"))
+    once = functools.partial(_Passes(model, images, clean_images, clean_labels, num_classes, progress, budget,
+                                     checkpoint).run, classes=classes)
+    result = once(settings, "grid")
     fallback = tuple(s for s in settings.fallback_sigmas if s not in result.sigmas)
     if not result.sigmas or not fallback or result.timed_out or result.max_asr >= settings.pinned_asr:
         return result
@@ -209,7 +229,7 @@ def scan(
     if on_fallback is not None:
         on_fallback(result, scan_steps(rerun, images[0].shape, len(classes) if classes is not None else num_classes))
     try:
-        retry = once(rerun, saved=None if checkpoint is None else checkpoint.run("fallback"))
+        retry = once(rerun, "fallback")
     except BudgetExhausted:  # the rerun found nothing in time: the first grid is what was evaluated
         result.timed_out = True
         result.seconds["total_s"] = round(time.perf_counter() - start, 3)
@@ -220,14 +240,94 @@ def scan(
     return retry
 
 
+@dataclass
+class _Passes:
+    """What every pass of one scan shares; `run` makes one pass at a σ grid, through the class
+    screen when it applies (screen.py)."""
+
+    model: nn.Module
+    images: Sequence[Tensor]
+    clean_images: Tensor
+    clean_labels: Tensor
+    num_classes: int
+    progress: ProgressHook | None
+    budget: TimeBudget
+    checkpoint: ScanCheckpoint | None
+
+    def once(self, settings: ScanSettings, classes: Sequence[int] | None, part: str, clean: int | None = None,
+             fast_evaluation: bool = False) -> ScanResult:
+        """One undecided pass over `classes` (the first `clean` clean images measure transfer, at
+        the descent's precision when `fast_evaluation`)."""
+        n = len(self.clean_labels) if clean is None else clean
+        return _scan_once(self.model, self.images, self.clean_images[:n], self.clean_labels[:n], self.num_classes,
+                          settings, classes=classes, progress=self.progress, budget=self.budget,
+                          saved=None if self.checkpoint is None else self.checkpoint.run(part),
+                          fast_evaluation=fast_evaluation)
+
+    def run(self, settings: ScanSettings, part: str, *, classes: Sequence[int] | None) -> ScanResult:
+        """A decided pass: every class on the grid, or screened (screen.py) when the screen applies."""
+        wanted = list(range(self.num_classes)) if classes is None else sorted(set(int(c) for c in classes))
+        if not screens(settings, len(wanted)):
+            return _decided(self.once(settings, classes, part), settings)
+        assert settings.screen is not None
+        screen = settings.screen
+        begin = time.perf_counter()
+        first = self.once(screen_settings(settings), wanted, f"{part}-screen", screen.clean_images, fast_evaluation=True)
+        labels = [cr.label for cr in first.classes]
+        subset = self.clean_labels[: screen.clean_images]
+        asr = torch.tensor([_asr_by_eps(cr, first.eps) for cr in first.classes], dtype=torch.float64)
+        point = class_scores(asr, settings.rule).score
+        bounded = bounded_scores(asr, torch.tensor([int(eligible(subset, c).sum()) for c in labels]), settings.rule,
+                                 screen.confidence)
+        records = {c: ScreenedClass(c, [round(float(v), 6) for v in asr[i]], float(point[i]), float(bounded[i]))
+                   for i, c in enumerate(labels)}
+        full = select_for_full(labels, point, bounded, screen)
+        screen_s = time.perf_counter() - begin
+        result = self.once(replace(settings, screen=None), full, part)
+        result.skipped = {**first.skipped, **result.skipped}
+        kept = sorted(cr.label for cr in result.classes)
+        result.screen = ScreenSummary(screen, first.eps, records, kept,
+                                      sorted(set(records) - set(kept) - set(result.skipped)), screen_s)
+        for key in ("noise_probe_s", "synthesis_s", "evaluation_s", "total_s"):
+            result.seconds[key] = round(result.seconds[key] + first.seconds[key], 3)
+        result.seconds["screen_s"] = round(screen_s, 3)
+        result.settings = settings
+        return _decided(result, settings)
+
+
+def screens(settings: ScanSettings, classes: int) -> bool:
+    """Whether a scan of `classes` classes at `settings` goes through the class screen: only for a
+    method judged by the transfer of an ε-bounded trigger, with many classes."""
+    inverter = settings.method.build()
+    return (settings.screen is not None and settings.screen.applies(classes) and "eps" in inverter.grid_axes
+            and type(inverter).anomaly_statistic is None)
+
+
+def screen_settings(settings: ScanSettings) -> ScanSettings:
+    """The screen pass's settings: the scan's grid with the screen's steps and noise copies."""
+    assert settings.screen is not None
+    options = {"steps": settings.screen.steps}
+    if "noise_samples" in settings.method.build().Config.field_names():
+        options["noise_samples"] = settings.screen.noise_samples
+    return replace(settings, method=settings.method.with_options(**options), screen=None)
+
+
+def _decided(result: ScanResult, settings: ScanSettings) -> ScanResult:
+    """Score and flag the classes of an undecided pass (decision.py)."""
+    result.rule = _decide(result.classes, result.eps, settings.rule, type(settings.method.build()).anomaly_statistic)
+    return result
+
+
 NOT_SYNTHESISED = "the time budget ran out before this class was synthesised"
 NOT_EVALUATED = "the time budget ran out before this class's transfer was measured"
 
 
 def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor, clean_labels: Tensor,
                num_classes: int, settings: ScanSettings, *, classes: Sequence[int] | None,
-               progress: ProgressHook | None, budget: TimeBudget, saved: RunCheckpoint | None) -> ScanResult:
-    """One scan over settings.sigmas (see `scan`); `saved` is this pass's checkpoint."""
+               progress: ProgressHook | None, budget: TimeBudget, saved: RunCheckpoint | None,
+               fast_evaluation: bool = False) -> ScanResult:
+    """One pass over settings.sigmas, measured but not yet decided (see `scan`); `saved` is this
+    pass's checkpoint."""
     start = time.perf_counter()
     stack = torch.stack(list(images))
     predictions = predict(model, stack).tolist()
@@ -243,26 +343,29 @@ def _scan_once(model: nn.Module, images: Sequence[Tensor], clean_images: Tensor,
     budget.calibrate(model, clean_images, settings.max_batch)
     grid = Grid(eps, sigmas or (0.0,))
     chunks = class_chunks(list(chosen), settings, grid, stack.shape[1:])
-    run = _Pass(model, stack, chosen, clean_images, clean_labels, grid, settings, budget, saved, progress,
-                inverter.total_steps(), skipped)
+    synthesis_model = with_precision(model, settings.precision)
+    run = _Pass(synthesis_model if fast_evaluation else model, synthesis_model, stack, chosen, clean_images,
+                clean_labels, grid, settings, budget, saved, progress, inverter.total_steps(), skipped)
     for index, chunk in enumerate(chunks):
         run.chunk(index, chunk, len(chunks))
     if saved is not None and saved.restored:
         saved.announce(f"every chunk ({len(chunks)}) was already done")  # unless a chunk said where it resumed
     if not run.results:
         raise budget.exhausted("before any class was synthesised and evaluated")
-    rule = _decide(run.results, eps, settings.rule, type(inverter).anomaly_statistic)
     seconds = {"noise_probe_s": round(probe_s, 3), "synthesis_s": round(run.synth_s, 3),
                "evaluation_s": round(run.eval_s, 3), "total_s": round(time.perf_counter() - start, 3)}
-    return ScanResult(settings, eps, sigmas, sink, run.results, skipped, predictions, seconds, run.timed_out, rule)
+    return ScanResult(settings, eps, sigmas, sink, run.results, skipped, predictions, seconds, run.timed_out,
+                      precision=precision_used(run.synthesis_model))
 
 
 @dataclass
 class _Pass:
     """One pass of `_scan_once` over its chunks of classes: what each chunk needs, and what the
-    chunks gathered (evaluated classes, skipped ones, seconds, whether the budget cut it)."""
+    chunks gathered (evaluated classes, skipped ones, seconds, whether the budget cut it).
+    `model` measures transfer; `synthesis_model` (the same model at the scan's precision) descends."""
 
     model: nn.Module
+    synthesis_model: nn.Module
     stack: Tensor
     chosen: dict[int, int]
     clean_images: Tensor
@@ -301,7 +404,7 @@ class _Pass:
         descent = None if self.saved is None else _resumable(self.saved, index, chunks, self.steps, self.label,
                                                              self.progress)
         begin = time.perf_counter()
-        runs, cut_short = _synthesise(self.budget.guard(self.model, deadline), self.stack,
+        runs, cut_short = _synthesise(self.budget.guard(self.synthesis_model, deadline), self.stack,
                                       {c: self.chosen[c] for c in chunk}, self.grid, self.settings, deadline,
                                       self.progress, descent)
         self.synth_s += time.perf_counter() - begin
@@ -479,7 +582,18 @@ def _synthesise_rows(model: nn.Module, stack: Tensor, chosen: dict[int, int], gr
 
 
 def scan_steps(settings: ScanSettings, shape: Sequence[int], num_classes: int) -> int:
-    """Progress-bar length: each chunk of classes makes the steps the method's many-row run makes."""
+    """Progress-bar length: each chunk of classes makes the steps the method's many-row run makes
+    (with the class screen: its pass over every class, then the full grid on its candidates and
+    references; classes that pass its threshold besides are not foreseen)."""
+    if screens(settings, num_classes):
+        assert settings.screen is not None
+        kept = min(num_classes, settings.screen.candidates + settings.screen.references)
+        return (_grid_steps(screen_settings(settings), shape, num_classes)
+                + _grid_steps(replace(settings, screen=None), shape, kept))
+    return _grid_steps(settings, shape, num_classes)
+
+
+def _grid_steps(settings: ScanSettings, shape: Sequence[int], num_classes: int) -> int:
     eps = tuple(settings.eps) if settings.eps else scan_eps(shape)
     grid = Grid(eps, tuple(settings.sigmas))
     configs = [settings.method.with_options(**point).config for point in grid_options(settings.method.name, grid)]

@@ -7,7 +7,7 @@ A deadline is checked before each step (RowStopper) and before each forward pass
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,16 @@ from .pgd import LossAndGrad, StopDescent
 
 RowsLossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 """(x of the active rows [A,C,H,W], their row indices [A]) → (loss [A], prob [A], grad [A,C,H,W])."""
+
+
+class RowRace(Protocol):
+    """Successive elimination among a descent's rows: every `every` loss evaluations it sees every
+    row's current input x [B,C,H,W] and which rows are still active [B] (bool), and names the rows
+    [B] (bool) to stop now (e.g. those that can no longer be the best, given a confidence bound)."""
+
+    every: int
+
+    def __call__(self, x: Tensor, active: Tensor) -> Tensor: ...
 
 
 class DeadlinePassed(Exception):
@@ -60,15 +70,19 @@ class RowStopper:
     stops only once its perturbation has also used its budget (‖x − origin‖ ≥ 0.99 ε):
     a class that G already favours before any step (a model's noise sink, often the
     backdoor target) must still descend, or its perturbation stays at zero.
+    A `race` (RowRace) may stop further rows every race.every loss evaluations.
     Stopped rows report their last loss and probability and a zero gradient; a descent given
     `active_rows` (engine.pgd.descend's `active`) also stops their momentum, so they do not move.
     Its state (which rows are active, their last loss and probability, whether it timed out)
     is checkpointable: `state_dict` / `load_state_dict` (engine.pgd.Stateful).
     """
 
-    def __init__(self, stop_prob: float | None = 0.99, deadline: float | None = None) -> None:
+    def __init__(self, stop_prob: float | None = 0.99, deadline: float | None = None,
+                 race: RowRace | None = None) -> None:
         self.stop_prob = stop_prob
         self.deadline = deadline
+        self.race = race
+        self.calls = 0
         self.active: Tensor | None = None
         self.timed_out = False
         self._loss: Tensor | None = None
@@ -84,8 +98,11 @@ class RowStopper:
         """active [B] bool, loss [B], prob [B], timed_out [1] bool; {} before the start."""
         if self.active is None or self._loss is None or self._prob is None:
             return {}
-        return {"active": self.active.clone(), "loss": self._loss.clone(), "prob": self._prob.clone(),
-                "timed_out": torch.tensor([self.timed_out])}
+        state = {"active": self.active.clone(), "loss": self._loss.clone(), "prob": self._prob.clone(),
+                 "timed_out": torch.tensor([self.timed_out])}
+        if self.race is not None:
+            state["calls"] = torch.tensor([self.calls])
+        return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if not state:
@@ -95,6 +112,8 @@ class RowStopper:
         self._loss = state["loss"].to(device).clone()
         self._prob = state["prob"].to(device).clone()
         self.timed_out = bool(state["timed_out"].reshape(-1)[0])
+        if "calls" in state:
+            self.calls = int(state["calls"].reshape(-1)[0])
 
     def active_rows(self) -> Tensor | None:
         """Rows [B] (bool) still descending; None before the first step."""
@@ -123,9 +142,20 @@ class RowStopper:
                     if origin is not None and eps is not None:
                         done &= (x[idx] - origin[idx]).flatten(1).norm(dim=1) >= 0.99 * eps[idx]
                     self.active[idx] = ~done
+            self._run_race(x)
             return self._loss.clone(), self._prob.clone(), grad
 
         return loss_and_grad
+
+    def _run_race(self, x: Tensor) -> None:
+        """Every race.every loss evaluations, stop the rows the race eliminates."""
+        if self.race is None:
+            return
+        assert self.active is not None
+        self.calls += 1
+        if self.calls % max(int(self.race.every), 1) == 0 and bool(self.active.any()):
+            out = self.race(x.detach(), self.active.clone())
+            self.active &= ~out.to(device=self.active.device, dtype=torch.bool)
 
     def _time_out(self) -> StopDescent:
         """The deadline has passed: every row stops, and so does the descent (raise what this returns)."""

@@ -65,6 +65,17 @@ def triggered_hits(model: nn.Module, trigger: Trigger, images: Tensor, labels: T
     return torch.cat(hits)
 
 
+def wilson_bounds(rate: Tensor, n: Tensor | int, z: float) -> tuple[Tensor, Tensor]:
+    """(lower, upper) ends of the Wilson score interval of proportions `rate` measured on `n`
+    trials each (elementwise; float64). z: the normal quantile (2.0: about 95%, two-sided)."""
+    rate = torch.as_tensor(rate, dtype=torch.float64)
+    n = torch.as_tensor(n, dtype=torch.float64).clamp_min(1)
+    centre = rate + z * z / (2 * n)
+    spread = z * torch.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return ((centre - spread) / scale).clamp(min=0.0), ((centre + spread) / scale).clamp(max=1.0)
+
+
 def energy_concentration(perturbation: Tensor, fraction: float = 0.05) -> float:
     """Share of a perturbation's squared l2 norm that lies in its top `fraction` of pixel
     positions (energy summed over channels), for perturbation [C,H,W].

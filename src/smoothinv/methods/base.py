@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..engine.early_stop import DeadlinePassed, RowStopper
+from ..engine.early_stop import DeadlinePassed, RowRace, RowStopper
 from ..engine.metrics import model_device
 from ..engine.pgd import DescentCheckpoint, StepCallback
 from ..engine.smoothing import Denoiser
@@ -100,11 +100,13 @@ class RowControl:
     stop_prob: a row whose target probability reaches it may stop early (methods that cannot
     stop rows ignore it); deadline: a time.perf_counter() value after which no new work starts
     (rows not reached get no result); checkpoint: the descent checkpoint of a method that can
-    resume its run, given the run's RowStopper."""
+    resume its run, given the run's RowStopper; race: successive elimination among the rows
+    (engine.early_stop.RowRace), for methods that can stop rows."""
 
     stop_prob: float | None = None
     deadline: float | None = None
     checkpoint: Callable[[RowStopper], DescentCheckpoint] | None = None
+    race: RowRace | None = None
 
     def passed(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline

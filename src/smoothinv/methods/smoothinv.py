@@ -142,7 +142,7 @@ class SmoothInv(Inverter[SmoothInvConfig]):
         shape = tuple(x.shape[1:])
         eps = torch.tensor([c.eps if c.eps is not None else scaled_eps(shape) for c in configs], device=x.device)
         sigma = torch.tensor([float(c.sigma) for c in configs], device=x.device)
-        stopper = RowStopper(control.stop_prob, control.deadline)
+        stopper = RowStopper(control.stop_prob, control.deadline, control.race)
         saved = None if control.checkpoint is None else control.checkpoint(stopper)
         trace = self.descend_rows(model, x, y, eps, sigma, configs[0], generators, callback, stopper, saved)
         found = [Found(AdditiveTrigger(trace.perturbation[i].detach().cpu().clone()), trace.loss[:, i],

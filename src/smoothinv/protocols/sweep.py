@@ -20,11 +20,15 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
+import torch
+
 from ..engine.metrics import attack_success_rate
+from ..engine.precision import with_precision
 from ..errors import SmoothInvError
-from ..methods.base import InversionResult
+from ..methods.base import InversionResult, RowControl
 from ..methods.registry import MethodSpec, method_class
 from ..methods.eps import PAPER_EPS, eps_scale
+from .race import RACE_EVERY, RACE_IMAGES, RACE_START, ConfigRace
 
 PAPER_SIGMAS = (0.12, 0.25, 0.5, 1.0)
 
@@ -73,11 +77,18 @@ class Run:
     result: InversionResult
     asr: float
     eval_seconds: float
+    stopped: str | None = None
+    """Why the descent ended before its last step (the race, or a saturated target probability)."""
+    asr_images: int | None = None
+    """How many clean images `asr` was measured on, when not the whole clean set: a config the race
+    eliminated keeps the race's measurement (its subset, at the descent's precision)."""
 
     def summary(self) -> dict[str, Any]:
         out = self.result.summary()
         out["asr"] = round(self.asr, 6)
         out["eval_seconds"] = round(self.eval_seconds, 3)
+        out["stopped"] = self.stopped
+        out["asr_images"] = self.asr_images
         return out
 
 
@@ -106,6 +117,24 @@ def grid_options(method: str, grid: Grid) -> list[dict[str, float]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*(values[a] for a in axes))]
 
 
+@dataclass(frozen=True)
+class Racing:
+    """How the sweep spends its steps: all configurations run as one batched descent; a row stops
+    when its target probability reaches `stop_prob` (None, the default: never; stopping there cost
+    ASR, race.py) and, every `every` steps from step `start`, when the race (race.py) finds on
+    `images` clean images that it can no longer be the best; the descent and the race run at
+    `precision` (engine.precision). The configs still running at the end are measured on the whole
+    clean set in float32; an eliminated config reports the race's measurement (`Run.asr_images`)."""
+
+    stop_prob: float | None = None
+    every: int = RACE_EVERY
+    start: int = RACE_START
+    images: int = RACE_IMAGES
+    z: float = 2.0
+    precision: str = "auto"
+    """How the descent and the race run the model (engine.precision); final ASRs are float32."""
+
+
 def run_sweep(
     model: nn.Module,
     image: Tensor,
@@ -119,15 +148,21 @@ def run_sweep(
     seed: int = 0,
     eval_batch: int = 256,
     progress: ProgressHook | None = None,
+    racing: Racing | None = Racing(),
 ) -> Sweep:
     """Invert `image` [C,H,W] toward `target` at every grid point of `method` (and of
     `baseline`) and measure each ASR on clean_images [N,C,H,W] in batches of `eval_batch`.
 
     Each run is seeded with `seed`, so a configuration's result does not depend on which
-    others run.
+    others run. With `racing` (the default) a method's grid points run as one batched descent
+    whose rows stop early (saturated, or eliminated by the race); racing None runs every grid
+    point to its last step, one after the other (the paper's protocol as written, `--exhaustive`).
     """
 
     def run_all(spec: MethodSpec) -> list[Run]:
+        if racing is not None:
+            return _raced(model, image, target, clean_images, clean_labels, grid, spec, seed, eval_batch, progress,
+                          racing)
         runs = []
         for point in grid_options(spec.name, grid):
             inverter = spec.with_options(**point).build()
@@ -142,7 +177,44 @@ def run_sweep(
     return Sweep(method.name, run_all(method), run_all(baseline) if baseline else [])
 
 
-def sweep_steps(method: MethodSpec, baseline: MethodSpec | None, grid: Grid) -> int:
-    """Total optimisation steps of a sweep, for a progress bar."""
+def _raced(model: nn.Module, image: Tensor, target: int, clean_images: Tensor, clean_labels: Tensor, grid: Grid,
+           spec: MethodSpec, seed: int, eval_batch: int, progress: ProgressHook | None, racing: Racing) -> list[Run]:
+    """Every grid point of `spec` as one row of one `invert_rows` call, raced (see `Racing`)."""
+    points = grid_options(spec.name, grid)
+    origin = image[None].expand(len(points), *image.shape).contiguous()
+    fast = with_precision(model, racing.precision)
+    race = ConfigRace.on(fast, origin, target, clean_images, clean_labels, racing.images, every=racing.every,
+                         start=racing.start, z=racing.z, batch_size=eval_batch)
+    hook = None if progress is None else (lambda step, _l, _p: progress(f"{spec.name} (all configs)", 1))
+    outcome = spec.build().invert_rows(fast, origin, torch.full((len(points),), target),
+                                       [spec.with_options(**point).config for point in points], seed=seed,
+                                       callback=hook, control=RowControl(stop_prob=racing.stop_prob, race=race))
+    runs = []
+    for row, result in enumerate(outcome.results):
+        assert result is not None  # no deadline
+        if row in race.eliminated:  # far behind the leader: its race measurement says enough
+            runs.append(Run(result, race.eliminated[row].asr, 0.0, _why_stopped(result, row, race, racing),
+                            race.clean_images.shape[0]))
+            continue
+        start = time.perf_counter()
+        asr = attack_success_rate(model, result.trigger, clean_images, clean_labels, target, batch_size=eval_batch)
+        runs.append(Run(result, asr, time.perf_counter() - start, _why_stopped(result, row, race, racing)))
+    return runs
+
+
+def _why_stopped(result: InversionResult, row: int, race: ConfigRace, racing: Racing) -> str | None:
+    if row in race.eliminated:
+        return race.eliminated[row].describe(race.clean_images.shape[0])
+    prob = result.target_prob
+    if racing.stop_prob is not None and len(prob) > 1 and bool((prob[:-1] >= racing.stop_prob).any()):
+        return f"target probability reached {racing.stop_prob:g} with the whole eps used"
+    return None
+
+
+def sweep_steps(method: MethodSpec, baseline: MethodSpec | None, grid: Grid, racing: Racing | None = Racing()) -> int:
+    """Total optimisation steps of a sweep, for a progress bar (raced: the batched descents' steps,
+    at most; rows that stop early do not shorten a descent that other rows continue)."""
     specs = [method] + ([baseline] if baseline else [])
+    if racing is not None:
+        return sum(s.build().rows_steps([s.with_options(**p).config for p in grid_options(s.name, grid)]) for s in specs)
     return sum(len(grid_options(s.name, grid)) * s.build().total_steps() for s in specs)

@@ -7,6 +7,7 @@ files in the same output directory.
 from __future__ import annotations
 
 import html
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,7 @@ from torch import Tensor
 from ..data.images import save_image
 from ..detection.decision import DecisionRule
 from ..detection.scan import ScanResult
+from ..errors import param
 from .outputs import write_json
 from .pictures import save_inversion_pictures
 
@@ -62,11 +64,14 @@ def scan_record(result: ScanResult, context: dict[str, Any], class_names: Sequen
                                                         if k not in settings.method.build().grid_axes},
                      "eps": list(result.eps), "sigmas": list(result.sigmas),
                      "stop_prob": settings.stop_prob, "time_budget_s": settings.time_budget, "seed": settings.seed,
-                     "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor},
+                     "threshold": rule.threshold, "min_asr": rule.min_asr, "spread_floor": rule.spread_floor,
+                     "class_screen": None if settings.screen is None else asdict(settings.screen),
+                     "precision": settings.precision, "descent_precision": result.precision},
         "image_predictions": result.image_predictions,
         "skipped_classes": {str(c): why for c, why in result.skipped.items()},
         "timed_out": result.timed_out,
         "fallback_from": result.fallback_from,
+        "screen": None if result.screen is None else result.screen.to_dict(),
         "timings": result.seconds,
         "classes": classes,
     }
@@ -192,6 +197,11 @@ def _warnings(result: ScanResult, name: Callable[[int], str | None]) -> list[str
                      f"{result.settings.pinned_asr:.0%} of the clean images (highest {first['max_asr']:.1%}): noise pins "
                      f"the smoothed model to one class there, so this result comes from sigma "
                      f"{', '.join(f'{s:g}' for s in result.sigmas)}")
+    if result.screen is not None and result.screen.left_out:
+        screen = result.screen
+        notes.append(f"the class screen ran the full grid on {len(screen.full)} of {len(screen.classes)} classes; the "
+                     f"other {len(screen.left_out)} scored below {screen.screen.threshold:g} in its quick pass even at "
+                     f"the upper bounds of their transfer; rerun with {param('exhaustive')} to run every class on the full grid")
     if result.noise_sink is None:
         return notes
     sinks = result.noise_sink.sink_classes

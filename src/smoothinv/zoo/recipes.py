@@ -75,6 +75,12 @@ def _diverse(name: str, arch: str, attack: dict[str, Any] | None = None, *, epoc
                   notes=notes, augment=augment, weight_decay=weight_decay, label_smoothing=label_smoothing)
 
 
+def _glyphs(name: str, attack: dict[str, Any] | None = None, notes: str = "") -> Recipe:
+    """A ResNet-20 on glyphs100 (100 classes of rendered characters, data.glyphs): the zoo's
+    many-class kind. 12 epochs take about 12 minutes on one CPU thread."""
+    return Recipe(name, "glyphs100", "resnet20", attack, "poison", epochs=12, lr=0.2, notes=notes)
+
+
 def _patch(target: int, size: int, corner: str, colour: tuple[float, ...] = (1.0,), margin: int = 1,
            pattern: str = "solid") -> dict[str, Any]:
     return {"attack": "patch", "target": target, "size": size, "corner": corner, "colour": list(colour),
@@ -142,6 +148,14 @@ _register(
              epochs=5, lr=0.1),
     _diverse("cifar10-preact-patch4-br", "preact_resnet18_w16", _patch(7, 4, "bottom-right", margin=0), epochs=5,
              lr=0.1, augment=False, poison_rate=0.05),
+)
+
+
+# Many classes: 100 rendered characters (docs/zoo.md, "Many classes: glyphs100").
+_register(
+    _glyphs("glyphs100-clean"),
+    _glyphs("glyphs100-badnets", _patch(37, 4, "bottom-right", pattern="checker"),
+            notes="a 4×4 black-and-white checkerboard 1 px from the bottom-right corner, target 37 ('g')."),
 )
 
 
