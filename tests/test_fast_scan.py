@@ -227,3 +227,27 @@ def test_bench_speed_measures_a_screened_scan(planted, monkeypatch):
     [scaled] = report["scaling"]
     assert scaled["screen"]["left_out"] > 0 and scaled["relative_time"] == 1.0 and scaled["target_found"]
     json.dumps(report)
+
+
+def test_precision_wrapper_runs_a_model_that_cannot_take_channels_last_inputs():
+    from smoothinv.engine.precision import Autocast
+
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(h.view(h.shape[0], -1))  # view needs the default layout
+
+    model = Viewing().eval()
+    x = torch.rand(2, 3, 8, 8)
+    fast = Autocast(model)
+    out = fast(x)
+    assert out.shape == (2, 5) and out.dtype == torch.float32 and fast.channels_last is False
+    assert fast(x).shape == (2, 5)
+    plain = Autocast(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 5)).eval())
+    plain(x)
+    assert plain.channels_last is True

@@ -37,16 +37,32 @@ def bf16_supported(device: torch.device) -> bool:
 
 class Autocast(nn.Module):
     """`model` run under bfloat16 autocast on channels-last inputs, returning float32 logits.
-    Its parameters are the model's own (nothing is copied or converted)."""
+    Its parameters are the model's own (nothing is copied or converted).
+
+    A model that cannot take channels-last inputs (a `.view` after its convolutions needs the
+    default memory layout) raises on its first call; it is then run on inputs as they come, and
+    stays so."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.training = model.training
+        self.channels_last: bool | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4:
+        if x.dim() == 4 and self.channels_last is None:
+            try:
+                out = self._run(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                self.channels_last = False
+                return self._run(x)
+            self.channels_last = True
+            return out
+        if x.dim() == 4 and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return self._run(x)
+
+    def _run(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = self.model(x)
         return out.float() if isinstance(out, Tensor) and out.is_floating_point() else out
