@@ -158,6 +158,6 @@ def precision_option(function: Callable[..., Any]) -> Callable[..., Any]:
     """--precision: how the descent runs the model (engine.precision)."""
     return click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
                         help="How the descent runs the model: bf16 = bfloat16 autocast on channels-last inputs (about "
-                             "2.5x faster where the CPU or GPU has bfloat16 arithmetic); auto = bf16 where it is fast; "
+                             "2.2-2.7x faster where the CPU or GPU has bfloat16 arithmetic); auto = bf16 where it is fast; "
                              "fp32 = the model exactly as loaded. Every reported ASR is measured in fp32.  "
                              "[default: auto; fp32 with --exhaustive]")(function)

@@ -18,9 +18,9 @@ of the area A_c). The screen gets both cheaply:
 
 So a class the screen drops could not have been flagged under the rule, given its bound, at
 the screen's threshold: a lower bar than the rule's (1.5 against 3), because the screen's few
-steps let transfer grow less. That slack is measured, not proven: on the zoo, every backdoor
-target ranks first in the screen (docs/benchmarks.md, A faster scan); a backdoor that appears
-only after many steps, unlike any the zoo holds, can slip through. `--exhaustive` (no screen)
+steps let transfer grow less. That slack is measured, not proven: on the backdoored models
+checked the target ranked first in the screen (docs/benchmarks.md, A faster scan); a backdoor
+that appears only after many steps can slip through. `--exhaustive` (no screen)
 exists for that doubt.
 """
 

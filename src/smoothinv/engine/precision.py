@@ -3,7 +3,7 @@
 The scan and the raced sweep spend nearly all their time in the model's convolutions. On a CPU
 with bfloat16 instructions (AVX512-BF16 or AMX; oneDNN) or a GPU that has them, running the
 model under bfloat16 autocast on channels-last inputs made a CIFAR-10 ResNet-20's forward and
-backward pass about 2.5x faster than float32 (docs/benchmarks.md, A faster scan), with gradients
+backward pass 2.2-2.7x faster than float32 (docs/benchmarks.md, A faster scan), with gradients
 whose cosine similarity to float32's was 0.99 and the same predictions on the images checked.
 The logits come back as float32, so the losses, softmaxes and probabilities downstream keep
 their precision. "fp32" leaves the model exactly as it is (the computation before issue 14).

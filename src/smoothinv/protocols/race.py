@@ -99,6 +99,7 @@ class ConfigRace:
         self.lower, self.upper = wilson_bounds(self.rate, n, self.z)
         best = float(self.lower.max())
         stop = active & (self.upper < self.ratio * best)
+        self.final |= stop  # it stops before this step's update: the perturbation just measured is its last
         for row in torch.nonzero(stop).flatten().tolist():
             self.eliminated[row] = Elimination(self.calls * self.every, float(self.rate[row]),
                                                float(self.upper[row]), best)

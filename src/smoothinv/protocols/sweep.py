@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from torch import Tensor, nn
-
 import torch
+from torch import Tensor, nn
 
 from ..engine.metrics import attack_success_rate
 from ..engine.precision import with_precision
@@ -28,7 +27,7 @@ from ..errors import SmoothInvError
 from ..methods.base import InversionResult, RowControl
 from ..methods.registry import MethodSpec, method_class
 from ..methods.eps import PAPER_EPS, eps_scale
-from .race import RACE_EVERY, RACE_IMAGES, RACE_START, ConfigRace
+from .race import RACE_EVERY, RACE_IMAGES, RACE_RATIO, RACE_START, RACE_Z, ConfigRace
 
 PAPER_SIGMAS = (0.12, 0.25, 0.5, 1.0)
 
@@ -122,7 +121,7 @@ class Racing:
     """How the sweep spends its steps: all configurations run as one batched descent; a row stops
     when its target probability reaches `stop_prob` (None, the default: never; stopping there cost
     ASR, race.py) and, every `every` steps from step `start`, when the race (race.py) finds on
-    `images` clean images that it can no longer be the best; the descent and the race run at
+    `images` clean images that its upper bound is below `ratio` × the leader's lower bound; the descent and the race run at
     `precision` (engine.precision). The configs still running at the end are measured on the whole
     clean set in float32; an eliminated config reports the race's measurement (`Run.asr_images`)."""
 
@@ -130,7 +129,8 @@ class Racing:
     every: int = RACE_EVERY
     start: int = RACE_START
     images: int = RACE_IMAGES
-    z: float = 2.0
+    z: float = RACE_Z
+    ratio: float = RACE_RATIO
     precision: str = "auto"
     """How the descent and the race run the model (engine.precision); final ASRs are float32."""
 
@@ -184,7 +184,7 @@ def _raced(model: nn.Module, image: Tensor, target: int, clean_images: Tensor, c
     origin = image[None].expand(len(points), *image.shape).contiguous()
     fast = with_precision(model, racing.precision)
     race = ConfigRace.on(fast, origin, target, clean_images, clean_labels, racing.images, every=racing.every,
-                         start=racing.start, z=racing.z, batch_size=eval_batch)
+                         start=racing.start, z=racing.z, ratio=racing.ratio, batch_size=eval_batch)
     hook = None if progress is None else (lambda step, _l, _p: progress(f"{spec.name} (all configs)", 1))
     outcome = spec.build().invert_rows(fast, origin, torch.full((len(points),), target),
                                        [spec.with_options(**point).config for point in points], seed=seed,
