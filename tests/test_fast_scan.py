@@ -88,6 +88,12 @@ def test_screened_scan_finds_the_target_and_every_class_it_drops_scored_below_th
     assert [(c.label, c.asr_by_eps, c.score) for c in again.classes] == [(c.label, c.asr_by_eps, c.score)
                                                                           for c in result.classes]
     assert again.screen.to_dict() | {"seconds": 0} == screen.to_dict() | {"seconds": 0}
+    # a flagged class keeps its best run at every eps for a repair; the others keep only their evidence
+    from smoothinv.repair.findings import scan_result_findings
+
+    findings = scan_result_findings(result)
+    assert findings.targets == (PLANTED_TARGET,) and len(findings.recovered) == len(FAST.eps)
+    assert findings.recovered[0].info["evidence"] and all(not cr.alternatives for cr in result.classes if not cr.flagged)
 
 
 def test_a_zero_screen_threshold_sends_every_class_to_the_full_grid(planted):
@@ -131,6 +137,14 @@ class _Leader(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = x.flatten(1)[:, :1]
         return torch.cat([torch.zeros_like(first), 40 * (first - 0.5)], dim=1)
+
+
+def test_race_measures_densely_first_and_less_often_later():
+    race = ConfigRace(_Leader(), torch.zeros(1, 1, 2, 2), 1, torch.zeros(4, 1, 2, 2))
+    due = [s for s in range(10, 410, 10) if race.due(s)]
+    assert due[:8] == list(range(10, 90, 10)) and len(due) < 20 and due == sorted(set(due))
+    assert [s for s in range(1, 6) if ConfigRace(_Leader(), torch.zeros(1, 1, 2, 2), 1, torch.zeros(4, 1, 2, 2),
+                                                 every=1, start=1, growth=0.0).due(s)] == [1, 2, 3, 4, 5]
 
 
 def test_race_stops_rows_that_cannot_be_the_best():
@@ -251,3 +265,34 @@ def test_precision_wrapper_runs_a_model_that_cannot_take_channels_last_inputs():
     plain = Autocast(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 5)).eval())
     plain(x)
     assert plain.channels_last is True
+
+
+def test_batchnorm_folded_for_the_descent_computes_the_same_function():
+    from smoothinv.engine.precision import Autocast, folded_for_inference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.rand(5, 3, 6, 6)
+    folded = folded_for_inference(model, x[:2])
+    assert folded is not model and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert all(not p.requires_grad for p in folded.parameters()) and all(p.requires_grad for p in model.parameters())
+    fast = Autocast(model)
+    assert torch.allclose(fast(x), model(x), atol=0.1) and fast.folded
+    assert set(dict(fast.named_parameters())) == {f"model.{k}" for k, _ in model.named_parameters()}
+    assert folded_for_inference(model.train(), x[:2]) is model  # batch statistics: nothing to fold
+    model.eval()
+
+    class Branching(nn.Module):  # data-dependent control flow cannot be traced: the model is kept
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            return self.body(x) if float(x.mean()) > 0 else -self.body(x)
+
+    branching = Branching().eval()
+    assert folded_for_inference(branching, x[:2]) is branching

@@ -1,4 +1,4 @@
-"""`smoothinv bench detect|merge|table2`."""
+"""`smoothinv bench detect|merge|table2|speed|repair`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..bench.detect import detect_benchmark, merge_reports
+from ..bench.repair import REPAIR_METHODS, RepairBenchSettings, repair_benchmark, repair_table
 from ..bench.speed import speed_benchmark
 from ..bench.table2 import METHODS, markdown, table2
 from ..detection import ScanSettings
@@ -22,6 +23,7 @@ from .scan import EXHAUSTIVE_HELP
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.registry import method_options
+from ..repair import REPAIRS
 from ..reporting.outputs import check_file_destination, write_json, write_text
 from .methods import spec_from_flags, specs_from_flags, typed
 from .params import BOUNDS, MAX_IMAGES
@@ -183,3 +185,31 @@ def speed_command(models: tuple[str, ...], scaling: tuple[str, ...], data_root: 
                      f"{r['truth']} | {r['classes_on_full_grid']} |")
     if out is not None:
         write_json(out, report)
+
+
+@bench_group.command("repair")
+@click.option("--method", "methods", multiple=True, type=click.Choice(sorted(REPAIRS.names())),
+              help=f"Repair methods (repeatable).  [default: {' '.join(REPAIR_METHODS)}]")
+@click.option("--model", "names", multiple=True, help="Only these backdoored zoo models (repeatable).")
+@click.option("--train-images", default=1000, show_default=True, type=click.IntRange(2, 1_000_000),
+              help="Clean training images each repair fine-tunes on (seeded, from the training split).")
+@click.option("--eval-images", type=click.IntRange(1, 1_000_000), help="Test images to measure on (default: all).")
+@click.option("--rescan", "rescan", multiple=True, type=click.Choice(["none", *sorted(REPAIRS.names())]),
+              help="Methods whose repaired models are scanned again (repeatable; 'none').  [default: unlearn]")
+@click.option("--data-root", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Write the report as JSON here, after each model; rerunning with the same settings continues it.")
+def repair_command(methods: tuple[str, ...], names: tuple[str, ...], train_images: int, eval_images: int | None,
+                   rescan: tuple[str, ...], data_root: Path | None, seed: int, out: Path | None) -> None:
+    """Scan every backdoored zoo model, repair it with each method, measure the true trigger and clean accuracy."""
+    if out is not None and not out.exists():
+        check_file_destination(out)
+    settings = RepairBenchSettings(methods=methods or REPAIR_METHODS, train_images=train_images, eval_images=eval_images,
+                                   rescan=() if "none" in rescan else (rescan or ("unlearn",)), seed=seed)
+    report = repair_benchmark(settings, names=names or None, data_root=data_root, out=out,
+                              log=lambda line: err.print(escape(line), highlight=False))
+    stdout.print(f"torch threads: {report['threads']}; {settings.train_images} training images")
+    for line in repair_table(report):
+        stdout.print(line)
+    stdout.print(json.dumps(report["summary"]))

@@ -36,6 +36,7 @@ from .tables import sweep_table
 from .bench import bench_group
 from .interrupt import run_interruptibly
 from .messages import for_command_line
+from .repair import repair_command
 from .scan import scan_command
 from .zoo import zoo_group
 
@@ -228,6 +229,7 @@ def parse_attack(text: str) -> AttackSpec:
 
 cli.add_command(zoo_group)
 cli.add_command(scan_command)
+cli.add_command(repair_command)
 cli.add_command(bench_group)
 cli.add_command(denoiser_group)
 

@@ -134,7 +134,9 @@ class ClassResult:
     """One scanned class: every config's record, the per-ε ASR, z-scores and score the decision
     rule gives it, and its evidence: the perturbation at the ε its score came from. (The highest
     ASR is usually at the largest ε, where every class has a universal perturbation; that
-    picture would show nothing.) `candidates` holds the best run per ε until the rule picks."""
+    picture would show nothing.) `candidates` holds the best run per ε until the rule picks;
+    a flagged class keeps them afterwards as `alternatives` (the recovered triggers a repair
+    unlearns, smoothinv.repair)."""
 
     label: int
     image_index: int
@@ -145,10 +147,13 @@ class ClassResult:
     score: float = 0.0
     flagged: bool = False
     evidence: Evidence | None = None
+    alternatives: list[Evidence] = field(default_factory=list)
 
     def decide(self, eps: float | None) -> None:
-        """Keep the evidence at `eps` (the best candidate if that ε never ran) and drop the rest."""
+        """Keep the evidence at `eps` (the best candidate if that ε never ran), and the other
+        candidates as `alternatives` until the class is known not to be flagged."""
         self.evidence = self.candidates.get(eps) or max(self.candidates.values(), key=lambda e: e.asr)
+        self.alternatives = [e for e in self.candidates.values() if e is not self.evidence]
         self.candidates = {}
 
 
@@ -433,12 +438,17 @@ def _decide(results: list[ClassResult], eps: tuple[float, ...], rule: DecisionRu
         hits = set(flagged(scores.score, rule))
         for i, cr in enumerate(results):
             cr.score, cr.flagged = round(float(scores.score[i]), 4), i in hits
-        return rule.describe()
-    assert all(cr.evidence is not None for cr in results)
-    outliers = small_outliers([float(cr.evidence.result.extras[statistic]) for cr in results])  # type: ignore[union-attr]
-    for i, cr in enumerate(results):
-        cr.score, cr.flagged = round(float(outliers.score[i]), 4), i in outliers.flagged
-    return describe_small_outliers(statistic)
+        described = rule.describe()
+    else:
+        assert all(cr.evidence is not None for cr in results)
+        outliers = small_outliers([float(cr.evidence.result.extras[statistic]) for cr in results])  # type: ignore[union-attr]
+        for i, cr in enumerate(results):
+            cr.score, cr.flagged = round(float(outliers.score[i]), 4), i in outliers.flagged
+        described = describe_small_outliers(statistic)
+    for cr in results:
+        if not cr.flagged:
+            cr.alternatives = []
+    return described
 
 
 

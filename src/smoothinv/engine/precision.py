@@ -7,10 +7,15 @@ backward pass 2.2-2.7x faster than float32 (docs/benchmarks.md, A faster scan), 
 whose cosine similarity to float32's was 0.99 and the same predictions on the images checked.
 The logits come back as float32, so the losses, softmaxes and probabilities downstream keep
 their precision. "fp32" leaves the model exactly as it is (the computation before issue 14).
+
+An eval-mode model with BatchNorm layers is run as a copy with each BatchNorm folded into the
+convolution before it (`folded_for_inference`): the same function in float32 arithmetic, one
+layer fewer to run forward and backward.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -35,9 +40,42 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
+FOLD_TOLERANCE = 1e-3
+"""The folded copy is used only if its float32 outputs match the model's within this fraction of
+the outputs' largest magnitude on the first batch it sees."""
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def folded_for_inference(model: nn.Module, probe: Tensor) -> nn.Module:
+    """A copy of eval-mode `model` with every BatchNorm that directly follows a convolution (or a
+    linear layer) folded into its weights, or `model` itself when there is nothing to fold, the
+    model is training, it cannot be traced symbolically (torch.fx), or the copy's float32 outputs
+    on `probe` differ from the model's (a BatchNorm using batch statistics, a traced branch)."""
+    if model.training or not any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        folded = fuse(copy.deepcopy(model))
+        with torch.no_grad():
+            want, got = model(probe), folded(probe)
+    except Exception:  # noqa: BLE001 - any failure to trace or run the copy means: keep the model
+        return model
+    if not (isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape == got.shape):
+        return model
+    scale = float(want.abs().max().clamp_min(1.0))
+    if not bool(torch.isfinite(got).all()) or float((want - got).abs().max()) > FOLD_TOLERANCE * scale:
+        return model
+    for parameter in folded.parameters():
+        parameter.requires_grad_(False)
+    return folded
+
+
 class Autocast(nn.Module):
     """`model` run under bfloat16 autocast on channels-last inputs, returning float32 logits.
-    Its parameters are the model's own (nothing is copied or converted).
+    Its parameters are the model's own; what runs is, for an eval-mode model with BatchNorm, a
+    copy with the BatchNorms folded (`folded_for_inference`, built on the first call).
 
     A model that cannot take channels-last inputs (a `.view` after its convolutions needs the
     default memory layout) raises on its first call; it is then run on inputs as they come, and
@@ -48,8 +86,17 @@ class Autocast(nn.Module):
         self.model = model
         self.training = model.training
         self.channels_last: bool | None = None
+        self._runner: nn.Module | None = None
+
+    @property
+    def folded(self) -> bool:
+        """Whether the descent runs a copy with BatchNorm folded (known after the first call)."""
+        return self._runner is not None and self._runner is not self.model
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._runner is None:  # not registered as a submodule: the parameters stay the model's own
+            object.__setattr__(self, "_runner", folded_for_inference(self.model, x[:2].detach())
+                               if x.dim() >= 2 else self.model)
         if x.dim() == 4 and self.channels_last is None:
             try:
                 out = self._run(x.contiguous(memory_format=torch.channels_last))
@@ -57,6 +104,8 @@ class Autocast(nn.Module):
                 self.channels_last = False
                 return self._run(x)
             self.channels_last = True
+            if self.folded:  # the copy is ours: its weights may take the same layout
+                self._runner.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
             return out
         if x.dim() == 4 and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -64,7 +113,7 @@ class Autocast(nn.Module):
 
     def _run(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            out = self.model(x)
+            out = (self.model if self._runner is None else self._runner)(x)
         return out.float() if isinstance(out, Tensor) and out.is_floating_point() else out
 
 

@@ -27,7 +27,7 @@ from ..errors import SmoothInvError
 from ..methods.base import InversionResult, RowControl
 from ..methods.registry import MethodSpec, method_class
 from ..methods.eps import PAPER_EPS, eps_scale
-from .race import RACE_EVERY, RACE_IMAGES, RACE_RATIO, RACE_START, RACE_Z, ConfigRace
+from .race import RACE_EVERY, RACE_GROWTH, RACE_IMAGES, RACE_RATIO, RACE_START, RACE_Z, ConfigRace
 
 PAPER_SIGMAS = (0.12, 0.25, 0.5, 1.0)
 
@@ -121,7 +121,7 @@ class Racing:
     """How the sweep spends its steps: all configurations run as one batched descent; a row stops
     when its target probability reaches `stop_prob` (None, the default: never; stopping there cost
     ASR, race.py) and, every `every` steps from step `start`, when the race (race.py) finds on
-    `images` clean images that its upper bound is below `ratio` × the leader's lower bound; the descent and the race run at
+    `images` clean images (less often later on: `growth`) that its upper bound is below `ratio` × the leader's lower bound; the descent and the race run at
     `precision` (engine.precision). The configs still running at the end are measured on the whole
     clean set in float32; an eliminated config reports the race's measurement (`Run.asr_images`)."""
 
@@ -131,6 +131,8 @@ class Racing:
     images: int = RACE_IMAGES
     z: float = RACE_Z
     ratio: float = RACE_RATIO
+    growth: float = RACE_GROWTH
+    """After step s the race next measures max(every, growth × s) steps later (race.py)."""
     precision: str = "auto"
     """How the descent and the race run the model (engine.precision); final ASRs are float32."""
 
@@ -184,7 +186,8 @@ def _raced(model: nn.Module, image: Tensor, target: int, clean_images: Tensor, c
     origin = image[None].expand(len(points), *image.shape).contiguous()
     fast = with_precision(model, racing.precision)
     race = ConfigRace.on(fast, origin, target, clean_images, clean_labels, racing.images, every=racing.every,
-                         start=racing.start, z=racing.z, ratio=racing.ratio, batch_size=eval_batch)
+                         start=racing.start, z=racing.z, ratio=racing.ratio, growth=racing.growth,
+                         batch_size=eval_batch)
     hook = None if progress is None else (lambda step, _l, _p: progress(f"{spec.name} (all configs)", 1))
     outcome = spec.build().invert_rows(fast, origin, torch.full((len(points),), target),
                                        [spec.with_options(**point).config for point in points], seed=seed,

@@ -17,6 +17,8 @@ from ..data.images import save_image
 from ..detection.decision import DecisionRule
 from ..detection.scan import ScanResult
 from ..errors import param
+from ..repair.findings import class_triggers
+from ..repair.recovered import TRIGGERS_FILE, save_recovered
 from .outputs import write_json
 from .pictures import save_inversion_pictures
 
@@ -91,14 +93,19 @@ def write_scan(out_dir: str | Path, result: ScanResult, record: dict[str, Any], 
         save_image(image, out_dir / f"image-{i}.png")
     shown = [cr for cr in result.classes if cr.flagged] or [max(result.classes, key=lambda cr: cr.score)]
     pictures = {}
+    triggers = {}
     for cr in shown:
         evidence = cr.evidence.result
         folder = out_dir / f"class-{cr.label}"
         folder.mkdir()
         files = save_inversion_pictures(folder, evidence.image, evidence.synthesized)
         pictures[cr.label] = {k: f"class-{cr.label}/{v}" for k, v in files.items()}
+        if cr.flagged:
+            save_recovered(folder / TRIGGERS_FILE, class_triggers(cr))
+            triggers[str(cr.label)] = f"class-{cr.label}/{TRIGGERS_FILE}"
     record = {**record, "pictures": {str(c): files for c, files in pictures.items()},
-              "files": {"report": "report.html", "scan": "scan.json", "images": [f"image-{i}.png" for i in range(len(images))]}}
+              "files": {"report": "report.html", "scan": "scan.json", "images": [f"image-{i}.png" for i in range(len(images))],
+                        "triggers": triggers}}
     write_json(out_dir / "scan.json", record)
     (out_dir / "report.html").write_text(render_html(record, pictures))
 
