@@ -205,3 +205,15 @@ def test_repair_cli_scans_the_model_first_when_given_no_scan(files, tmp_path, mo
     assert "scanning the model first" in err
     record = json.loads((out / "repair.json").read_text())
     assert record["targets"] == [PLANTED_TARGET] and record["details"]["recovered"]
+
+
+def test_a_checked_eval_model_stays_in_eval_mode_after_an_inversion(planted):
+    """The CLI wraps every model in CheckedModel; an inversion restores the wrapper's mode, which
+    must not switch the model's BatchNorm to batch statistics for the rest of a scan."""
+    from smoothinv.engine.logits import CheckedModel
+
+    model = planted[0]
+    checked = CheckedModel(model.eval())
+    method_spec("smoothinv", steps=2, noise_samples=2).build().invert_batch(checked, planted[2][:1],
+                                                                          torch.tensor([PLANTED_TARGET]))
+    assert not checked.training and not model.training

@@ -42,6 +42,10 @@ class CheckedModel(nn.Module):
         super().__init__()
         self.model = model
         self.during = during
+        # The wrapper's mode is the model's: a fresh Module says "training", and a method that
+        # restores the mode it found (model.train(was_training)) would put the model's BatchNorm
+        # into training mode for everything after it (the flag only: train() would recurse).
+        self.training = model.training
 
     def forward(self, x: Tensor) -> Tensor:
         return check_logits(self.model(x), x.shape[0], self.during)
