@@ -70,11 +70,12 @@ def repair_benchmark(settings: RepairBenchSettings, *, names: Sequence[str] | No
             continue
         rows.append(_model_row(record, settings, data_root, log))
         if out is not None:
-            _write(out, wanted, rows)
-    report = {"settings": wanted, "threads": torch.get_num_threads(), "rows": rows, "summary": summarize(rows)}
-    if out is not None:
-        _write(out, wanted, rows)
-    return report
+            _write(out, _report(wanted, rows))
+    return _report(wanted, rows)
+
+
+def _report(wanted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"settings": wanted, "threads": torch.get_num_threads(), "rows": rows, "summary": summarize(rows)}
 
 
 def _model_row(record: dict[str, Any], settings: RepairBenchSettings, data_root: str | Path | None,
@@ -168,10 +169,9 @@ def _resumable(out: str | Path | None, wanted: dict[str, Any]) -> dict[str, dict
     return {row["model"]: row for row in earlier["rows"] if isinstance(row, dict) and "model" in row}
 
 
-def _write(out: str | Path, wanted: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def _write(out: str | Path, report: dict[str, Any]) -> None:
     with atomic_write(out, "w") as f:
-        json.dump({"settings": wanted, "threads": torch.get_num_threads(), "rows": rows,
-                   "summary": summarize(rows)}, f, indent=1)
+        json.dump(report, f, indent=1)
 
 
 def repair_table(report: dict[str, Any]) -> list[str]:

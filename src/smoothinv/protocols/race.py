@@ -33,7 +33,7 @@ RACE_GROWTH = 0.25
 """After each measurement at step s the next comes max(every, growth × s) steps later (rounded down to
 a multiple of every): every 10 steps to step 80, then at 100, 120, 150, 180, 220, 270, 330 (15
 measurements in 400 steps instead of 40). Eliminations happen early (step 20 for six of the eight
-configs on cifar10-badnets), where the schedule is dense; later measurements rarely stop a row."""
+configs on cifar10-badnets), where the schedule is dense; on that image no later measurement stopped one."""
 RACE_IMAGES = 256
 RACE_Z = 2.0
 RACE_RATIO = 0.5
