@@ -5,12 +5,12 @@ the true target was identified, seconds. Summary: verdict accuracy, AUROC of the
 (backdoored vs clean models), target-identification accuracy, mean seconds per model.
 Each method is scored by the rule the scan applies to it (detection.decision): Neural Cleanse by
 its MAD anomaly index of per-class mask norms, the others by the transfer of their triggers.
-Shards run in parallel (one process per core, disjoint --model sets) join with `merge_reports`.
+The models run as a population (smoothinv.population): in this process, or several at once on a
+local process pool or Ray. `merge_reports` still joins reports of shards run by hand.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,26 +20,15 @@ import torch
 from ..data.datasets import load_dataset
 from ..detection.detectors import Detector
 from ..errors import SmoothInvError
-from ..labels import eligible
-from ..reporting.pictures import save_inversion_pictures
+from ..population import DetectorJob, InlineBackend, MemoryStore, PopulationRun, SpecDefaults, run_population
+from ..population.backends import Backend
+from ..population.calibration import auroc
+from ..population.inputs import scan_image
+from ..population.spec import read_listing
 from .denoising import model_denoiser
-from ..zoo import list_zoo, load_zoo_model
+from ..zoo import load_zoo_model, zoo_dir
 
 Log = Callable[[str], None]
-
-
-def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
-    """P(score of a backdoored model > score of a clean one), ties counting half."""
-    if not positive or not negative:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
-
-
-def scan_image(labels: torch.Tensor, target: int | None, seed: int) -> int:
-    """Index of the scan image: a seeded pick among test images not of the target class."""
-    candidates = torch.nonzero(eligible(labels, -1 if target is None else target)).squeeze(1)
-    return int(candidates[torch.randint(len(candidates), (1,), generator=torch.Generator().manual_seed(seed))])
 
 
 @dataclass
@@ -66,43 +55,66 @@ def zoo_subject(record: dict[str, Any], data_root: str | Path | None, clean_imag
                       len(record["class_names"]))
 
 
+class _Pictures(MemoryStore):
+    """Rows in memory; each model's evidence pictures into `<folder>/<model>/`."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def install(self, name: str, row: dict[str, Any], files: dict[str, bytes]) -> None:
+        super().install(name, row, files)
+        for relative, data in files.items():
+            path = self.folder / name / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+
 def detect_benchmark(detector: Detector, *, names: Sequence[str] | None = None, data_root: str | Path | None = None,
                      clean_images: int = 500, seed: int = 0, pictures: str | Path | None = None,
-                     denoiser: str | None = None, log: Log = print) -> dict[str, Any]:
+                     denoiser: str | None = None, log: Log = print, backend: Backend | None = None,
+                     workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run `detector` on every zoo model (or those `names`); `pictures`: a folder that gets, per
     model, the evidence pictures (reporting.pictures) of the true target and every flagged class,
     in `<model>/class-<c>/`, so each miss can be looked at. `denoiser` (None, "auto", a name or a
-    folder; bench.denoising) is T in the scan's smoothed classifier."""
-    rows = []
-    records = [record for record in list_zoo() if not names or record["name"] in names]
-    denoisers = {record["dataset"]: model_denoiser(denoiser, record["dataset"]) for record in records}  # fail early
-    for record in records:
-        subject = zoo_subject(record, data_root, clean_images, seed)
-        log(f"{record['name']}: {detector.name} on {subject.num_classes} classes ...")
-        start = time.perf_counter()
-        ref = denoisers[record["dataset"]]
-        model_detector = detector if ref is None else detector.with_denoiser(ref)
-        found = model_detector.detect(subject.model, subject.image, subject.clean_images, subject.clean_labels,
-                                      subject.num_classes, seed)
-        seconds = time.perf_counter() - start
-        backdoored = record["attack"] is not None
-        row = {"model": record["name"], "arch": record["arch"], "dataset": record["dataset"], "backdoored": backdoored,
-               "true_target": record["target"], "verdict": "backdoored" if found.targets else "clean",
-               "flagged": found.targets, "score": round(found.score, 4), "correct": bool(found.targets) == backdoored,
-               "target_found": (record["target"] in found.targets) if backdoored else None,
-               "seconds": round(seconds, 1), "timed_out": found.timed_out,
-               "denoiser": None if ref is None else {"name": ref.name, "sha256": ref.sha256}, **found.extra, "classes": found.classes}
-        if pictures is not None:
-            for c in sorted(set(found.targets) | ({record["target"]} if backdoored else set())):
-                if c in found.evidence:
-                    folder = Path(pictures) / record["name"] / f"class-{c}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    save_inversion_pictures(folder, *found.evidence[c])
-        log(f"{row['model']}: {row['verdict']} {found.targets} (truth: "
-            f"{'target ' + str(record['target']) if backdoored else 'clean'}), score {found.score:.2f}, {seconds:.0f}s")
-        rows.append(row)
+    folder; bench.denoising) is T in the scan's smoothed classifier.
+
+    The models run as a population (smoothinv.population): by default one after the other in
+    this process; `backend` (a local process pool, Ray) with `workers` x `threads` runs several at
+    once. A model that fails is left out of the rows and summary and listed under "errors"."""
+    listing = [item for item in read_listing(zoo_dir(), SpecDefaults(data_root=None if data_root is None
+                                                                        else Path(data_root)))
+               if not names or item.entry.name in names]
+    for dataset in sorted({item.entry.dataset for item in listing if item.entry.dataset}):
+        model_denoiser(denoiser, dataset)  # fail early
+    job = DetectorJob(detector, clean_images, seed, denoiser, pictures is not None)
+    store = _Pictures(Path(pictures)) if pictures is not None else MemoryStore()
+    with backend or InlineBackend() as running:
+        rows = run_population(listing, PopulationRun(job, store, running, workers=workers, threads=threads, log=log))
     config = {**detector.describe(), "clean_images": clean_images, "seed": seed, "denoiser": denoiser}
-    return {"settings": config, "summary": summarize(rows, detector.name), "rows": rows}
+    report_rows = [_bench_row(row) for row in rows if row["status"] == "done"]
+    report: dict[str, Any] = {"settings": config, "summary": summarize(report_rows, detector.name), "rows": report_rows}
+    errors = {row["model"]: row["error"] for row in rows if row["status"] != "done"}
+    if errors:
+        report["errors"] = errors
+    return report
+
+
+def _bench_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A population row in the shape `bench detect` has always reported."""
+    backdoored = bool(row["backdoored"])
+    flagged = row["targets"]
+    extra = {k: v for k, v in row.items() if k not in _POPULATION_FIELDS}
+    return {"model": row["model"], "arch": row["kind"], "dataset": row["dataset"], "backdoored": backdoored,
+            "true_target": row["true_target"], "verdict": row["verdict"], "flagged": flagged, "score": row["score"],
+            "correct": bool(flagged) == backdoored,
+            "target_found": (row["true_target"] in flagged) if backdoored else None,
+            "seconds": row["seconds"], **extra}
+
+
+_POPULATION_FIELDS = frozenset({"model", "verdict", "targets", "score", "trojan_probability", "seconds", "error",
+                                "status", "truth", "backdoored", "true_target", "kind", "dataset", "path", "sha256",
+                                "key", "threads", "finished_unix"})
 
 
 ROW_KEYS = frozenset({"model", "backdoored", "true_target", "verdict", "flagged", "score", "correct", "target_found",

@@ -23,9 +23,12 @@ from .scan import EXHAUSTIVE_HELP
 from ..errors import SmoothInvError
 from ..methods import list_methods
 from ..methods.registry import method_options
+from ..population import BACKENDS
 from ..repair import REPAIRS
 from ..reporting.outputs import check_file_destination, write_json, write_text
+from .messages import for_command_line
 from .methods import spec_from_flags, specs_from_flags, typed
+from .scan_many import choose_backend
 from .params import BOUNDS, MAX_IMAGES
 
 BENCH_DENOISER_HELP = ("T in the smoothed classifier: 'auto' (the shipped denoiser of each model's dataset), a shipped "
@@ -54,9 +57,13 @@ def bench_group() -> None:
 @click.option("--pictures", type=click.Path(path_type=Path),
               help="Folder for each model's evidence pictures (true target and flagged classes), to look at the misses.")
 @click.option("--denoiser", help=BENCH_DENOISER_HELP)
+@click.option("--backend", default="inline", show_default=True, type=click.Choice(["auto", *BACKENDS.names()]),
+              help="Where the models run, as in scan-many: inline (one after the other in this process), local "
+                   "(worker processes), ray; auto = ray where installed, else local.")
+@click.option("--workers", type=click.IntRange(1, 100_000), help="Models at once (with --backend local or ray).")
 def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, steps: int, noise_samples: int,
                    sigma: tuple[float, ...] | None, exhaustive: bool, clean_images: int, seed: int, out: Path | None,
-                   pictures: Path | None, denoiser: str | None) -> None:
+                   pictures: Path | None, denoiser: str | None, backend: str, workers: int | None) -> None:
     """Scan every zoo model; print verdict accuracy, AUROC, target identification and time."""
     if out is not None:
         check_file_destination(out)  # before hours of scanning
@@ -70,7 +77,8 @@ def detect_command(method: str, names: tuple[str, ...], data_root: Path | None, 
         raise click.UsageError(f"--denoiser does not apply to --method {method}")
     report = detect_benchmark(detector, names=names or None, data_root=data_root, clean_images=clean_images, seed=seed,
                               pictures=pictures, denoiser=denoiser,
-                              log=lambda line: err.print(escape(line), highlight=False))
+                              log=lambda line: err.print(escape(for_command_line(line)), highlight=False),
+                              backend=choose_backend(backend, None, None), workers=workers)
     _print_detection(report)
     if out is not None:
         write_json(out, report)

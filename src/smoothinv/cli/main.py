@@ -38,6 +38,7 @@ from .interrupt import run_interruptibly
 from .messages import for_command_line
 from .repair import repair_command
 from .scan import scan_command
+from .scan_many import scan_many_command, trojai_command
 from .zoo import zoo_group
 
 err = Console(stderr=True)
@@ -229,6 +230,8 @@ def parse_attack(text: str) -> AttackSpec:
 
 cli.add_command(zoo_group)
 cli.add_command(scan_command)
+cli.add_command(scan_many_command)
+cli.add_command(trojai_command)
 cli.add_command(repair_command)
 cli.add_command(bench_group)
 cli.add_command(denoiser_group)

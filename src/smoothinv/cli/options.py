@@ -28,12 +28,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--model and the flags that say how to read it."""
+MODEL_PATH_OPTION = click.option(
+    "--model", "model_path", required=True, type=click.Path(path_type=Path),
+    help="Model file: safetensors or .pt state_dict (with --arch), ONNX, or, with --trust-code, TorchScript or a "
+         "pickled model.")
+
+
+def model_reading_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that say how to read a model file (every flag of `model_options` but --model)."""
     decorators = [
-        click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-                     help="Model file: safetensors or .pt state_dict (with --arch), ONNX, or, with --trust-code, "
-                          "TorchScript or a pickled model."),
         click.option("--arch", help="Architecture name for state_dict files (see `smoothinv models`)."),
         click.option("--num-classes", type=int, help="Number of classes (inferred from the weights when omitted)."),
         click.option("--input-size", type=BOUNDS.input_size,
@@ -52,6 +55,11 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Seconds the model may take for its first forward pass before it is refused as stuck."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--model and the flags that say how to read it."""
+    return MODEL_PATH_OPTION(model_reading_options(command))
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import torch
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..data import CleanSet, load_clean_set, load_image
+from ..denoisers import DenoiserRef
 from ..detection import DecisionRule, ScanSettings, scan
 from ..detection.screen import ClassScreen
 from ..detection.checkpoint import ScanCheckpoint, checkpoint_interval
@@ -37,33 +39,65 @@ EXHAUSTIVE_HELP = ("Every class on the full grid in fp32, as every scan ran befo
                    "in the number of classes; for comparison and research.")
 
 
+def scan_setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that set what a scan does (shared by `scan` and `scan-many`)."""
+    decorators = [
+        click.option("--classes", type=BOUNDS.classes, help="Scan only these class indices, comma-separated (default: all)."),
+        click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods()))),
+        click.option("--eps", type=BOUNDS.eps,
+                     help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8)."),
+        click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}; "
+                                                         f"with --exhaustive {','.join(map(str, EXHAUSTIVE_SIGMAS))}]"),
+        click.option("--exhaustive", is_flag=True, help=EXHAUSTIVE_HELP),
+        precision_option,
+        click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True,
+                     type=BOUNDS.fallback_sigmas,
+                     help="Noise levels to rerun at if no perturbation flips even 10% of the clean images at --sigma "
+                          "(noise pins the model to one class); 'none' disables."),
+        click.option("--noise-samples", default=8, show_default=True, type=BOUNDS.noise_samples),
+        click.option("--steps", default=200, show_default=True, type=BOUNDS.steps),
+        click.option("--time-budget", type=BOUNDS.seconds,
+                     help="Seconds the scan may take: noise probe, synthesis, ASR evaluation and any fallback rerun "
+                          "(loading inputs and writing the report come on top; a forward batch in flight may overrun "
+                          "it). Classes it cuts are skipped with a reason and the verdict comes from the classes "
+                          "evaluated."),
+        click.option("--threshold", default=DecisionRule.threshold, show_default=True, type=BOUNDS.threshold,
+                     help="Score needed to flag a class."),
+        click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images),
+        click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch),
+        click.option("--seed", default=0, show_default=True, type=BOUNDS.seed),
+        denoiser_option,
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
+
+
+def scan_settings(opts: dict[str, Any], denoiser: DenoiserRef | None) -> ScanSettings:
+    """The scan's settings from the flags of `scan_setting_options` (and T = `denoiser`)."""
+    eps = opts["eps"]
+    return ScanSettings(
+        method=spec_from_flags(opts["method"], {**{k: opts[k] for k in ("steps", "noise_samples", "max_batch")},
+                                                "denoiser": denoiser}),
+        eps=None if eps is None else tuple(eps), sigmas=grid_sigmas(opts),
+        screen=None if opts["exhaustive"] else ClassScreen(),
+        precision=opts["precision"] or ("fp32" if opts["exhaustive"] else "auto"),
+        time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
+        seed=opts["seed"], fallback_sigmas=tuple(opts["fallback_sigma"]), rule=DecisionRule(threshold=opts["threshold"]),
+    )
+
+
+def grid_sigmas(opts: dict[str, Any]) -> tuple[float, ...]:
+    """--sigma, else the default scan's or the exhaustive scan's noise levels."""
+    sigmas = opts["sigma"]
+    return tuple(sigmas) if sigmas else EXHAUSTIVE_SIGMAS if opts["exhaustive"] else SCAN_SIGMAS
+
+
 @click.command("scan")
 @model_options
 @click.option("--image", "image_paths", required=True, multiple=True, type=click.Path(path_type=Path),
               help="A clean image (repeatable: a class the first image already belongs to is synthesised from another).")
 @click.option("--clean", required=True, type=click.Path(path_type=Path), help="Held-out clean images (ImageFolder or .npz).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (written atomically).")
-@click.option("--classes", type=BOUNDS.classes, help="Scan only these class indices, comma-separated (default: all).")
-@click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods())))
-@click.option("--eps", type=BOUNDS.eps, help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8).")
-@click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}; "
-                                                  f"with --exhaustive {','.join(map(str, EXHAUSTIVE_SIGMAS))}]")
-@click.option("--exhaustive", is_flag=True, help=EXHAUSTIVE_HELP)
-@precision_option
-@click.option("--fallback-sigma", default=",".join(map(str, FALLBACK_SIGMAS)), show_default=True, type=BOUNDS.fallback_sigmas,
-              help="Noise levels to rerun at if no perturbation flips even 10% of the clean images at --sigma "
-                   "(noise pins the model to one class); 'none' disables.")
-@click.option("--noise-samples", default=8, show_default=True, type=BOUNDS.noise_samples)
-@click.option("--steps", default=200, show_default=True, type=BOUNDS.steps)
-@click.option("--time-budget", type=BOUNDS.seconds,
-              help="Seconds the scan may take: noise probe, synthesis, ASR evaluation and any fallback rerun (loading "
-                   "inputs and writing the report come on top; a forward batch in flight may overrun it). Classes it "
-                   "cuts are skipped with a reason and the verdict comes from the classes evaluated.")
-@click.option("--threshold", default=DecisionRule.threshold, show_default=True, type=BOUNDS.threshold, help="Score needed to flag a class.")
-@click.option("--clean-limit", default=500, show_default=True, type=BOUNDS.images)
-@click.option("--max-batch", default=256, show_default=True, type=BOUNDS.max_batch)
-@click.option("--seed", default=0, show_default=True, type=BOUNDS.seed)
-@denoiser_option
+@scan_setting_options
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--no-resume", is_flag=True,
               help="Discard the work saved by an earlier, interrupted run of this scan instead of continuing it.")
@@ -80,20 +114,9 @@ def scan_command(**opts: Any) -> None:
     classes = None if opts["classes"] is None else list(opts["classes"])
     if classes is not None:
         check_target(torch.tensor(classes), subject.num_classes)
-    eps = opts["eps"]
-    sigmas = opts["sigma"]
-    fallback = opts["fallback_sigma"]
-    grid_sigmas = tuple(sigmas) if sigmas else EXHAUSTIVE_SIGMAS if opts["exhaustive"] else SCAN_SIGMAS
     ref, _ = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels, size=size,
-                             sigmas=[*grid_sigmas, *fallback])
-    settings = ScanSettings(
-        method=spec_from_flags(opts["method"], {**{k: opts[k] for k in ("steps", "noise_samples", "max_batch")},
-                                                "denoiser": ref}),
-        eps=None if eps is None else tuple(eps), sigmas=grid_sigmas, screen=None if opts["exhaustive"] else ClassScreen(),
-        precision=opts["precision"] or ("fp32" if opts["exhaustive"] else "auto"),
-        time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
-        seed=opts["seed"], fallback_sigmas=tuple(fallback), rule=DecisionRule(threshold=opts["threshold"]),
-    )
+                             sigmas=[*grid_sigmas(opts), *opts["fallback_sigma"]])
+    settings = scan_settings(opts, ref)
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method.name}"), highlight=False, soft_wrap=True)
     checkpoint = _checkpoint(opts, subject)
