@@ -218,6 +218,7 @@ def test_precision_wrapper_keeps_float32_logits_and_fp32_leaves_the_model_alone(
         with_precision(model, "fp8")
 
 
+@pytest.mark.slow  # 10 s
 def test_bench_speed_measures_a_screened_scan(planted, monkeypatch):
     """The speed benchmark's rows, on a stand-in 'zoo' of the planted model with a forced screen."""
     import importlib

@@ -27,6 +27,7 @@ from smoothinv.models import (
 
 ALL_MODELS = [
     "alexnet",
+    "clip-zeroshot",
     "plain_cnn",
     "preact_resnet18",
     "preact_resnet18_w16",
@@ -154,12 +155,15 @@ def test_unknown_builder_keyword_is_a_user_error() -> None:
 
 
 IMAGENET_ARCHS = ["alexnet", "resnet18", "vgg11", "vgg11_bn"]
+CLIP_ARCHS = ["clip-zeroshot"]
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_default_normalisation(name: str) -> None:
     info = get_model_info(name)
-    if name in IMAGENET_ARCHS:
+    if name in CLIP_ARCHS:  # CLIP's own statistics (OpenAI's preprocessing)
+        assert info.mean == (0.48145466, 0.4578275, 0.40821073) and info.std == (0.26862954, 0.26130258, 0.27577711)
+    elif name in IMAGENET_ARCHS:
         assert info.input_size == (224, 224)
         assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
     else:

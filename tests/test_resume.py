@@ -221,6 +221,7 @@ def same_outputs(a: Path, b: Path) -> None:
     assert all((a / p).read_bytes() == (b / p).read_bytes() for p in pictures)
 
 
+@pytest.mark.slow  # 13 s each
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_cli_resumes_after_kill_9_or_ctrl_c(files, tmp_path, monkeypatch, capsys, how):
     """kill -9 loses at most the steps since the last save (every step here); a real Ctrl-C, even

@@ -154,6 +154,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_model_whose_file_changed(local_
     assert f"on inline: 1 worker x {cores} thread{'s' if cores > 1 else ''}" in err  # one at a time, every core
 
 
+@pytest.mark.slow  # 16 s; .ci/run runs the slow tests too
 @pytest.mark.skipif(not ray_available(), reason='Ray is not installed (pip install "smoothinv[ray]"; .ci/run installs it)')
 def test_ray_scans_the_population_as_the_local_pool_does(local_run, population, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ray"

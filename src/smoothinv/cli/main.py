@@ -34,11 +34,13 @@ from .params import BOUNDS, MAX_CLASS_INDEX
 from .progress import step_progress
 from .tables import sweep_table
 from .bench import bench_group
+from .clip import clip_group
 from .interrupt import run_interruptibly
 from .messages import for_command_line
 from .repair import repair_command
 from .scan import scan_command
 from .scan_many import scan_many_command, trojai_command
+from .vqa import vqa_group
 from .zoo import zoo_group
 
 err = Console(stderr=True)
@@ -229,6 +231,8 @@ def parse_attack(text: str) -> AttackSpec:
 
 
 cli.add_command(zoo_group)
+cli.add_command(vqa_group)
+cli.add_command(clip_group)
 cli.add_command(scan_command)
 cli.add_command(scan_many_command)
 cli.add_command(trojai_command)

@@ -112,6 +112,8 @@ def _findings(opts: dict[str, Any], subject: Subject, clean: CleanSet, shape: tu
         targets.append(opts["target"])
     if targets:
         return Findings(tuple(sorted(set(targets))), tuple(recovered))
+    if REPAIRS.get(opts["method"]).finds_own_target:
+        return Findings(())  # the method identifies the target itself (InverTune): no scan needed
     if len(clean) < 2:
         raise SmoothInvError("scanning needs at least 2 clean images (one to synthesise from, others for transfer)")
     err.print("no --scan or --trigger given: scanning the model first (default settings)", style="yellow")

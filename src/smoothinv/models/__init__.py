@@ -3,15 +3,19 @@
 To add an architecture, write a builder ``f(*, num_classes, channels, **options) -> nn.Module``
 in a module of this package, decorate it with ``@register_model(...)`` (its default input
 size, channels, classes, normalisation and the state_dict keys of its first conv and head,
-as timm records them), and import that module at the bottom of this file.
+as timm records them), and import that module at the bottom of this file. An architecture
+whose layout the checkpoint decides (CLIP: widths, depths, resolution) also gives
+``file_options``, which reads the builder's options from the file's weights and metadata.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from smoothinv.errors import SmoothInvError
@@ -19,6 +23,11 @@ from smoothinv.registry import Registry
 
 Builder = Callable[..., nn.Module]
 """``builder(*, num_classes: int, channels: int, **arch_options) -> nn.Module``."""
+
+FileOptions = Callable[[Mapping[str, torch.Tensor], Mapping[str, str]], dict[str, Any]]
+"""``file_options(state_dict, metadata) -> builder options``: what an architecture's builder needs
+that the arch name does not fix, read from a checkpoint's state_dict and its safetensors metadata
+(empty for other formats). It raises SmoothInvError on a state_dict it cannot describe."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +42,9 @@ class ModelInfo:
     default (None: it takes [0, 1] images as they are); ``load_model`` applies them unless
     the file or the caller says otherwise. ``head`` is the state_dict key of the final
     layer's weight [K, features] and ``first_conv`` that of the first convolution's weight
-    [out, C, kh, kw]: they tell K and C of a checkpoint.
+    [out, C, kh, kw]: they tell K and C of a checkpoint. ``file_options`` (None for fixed
+    layouts) gives the builder options a checkpoint's weights and metadata decide, which
+    ``load_model`` passes to the builder along with K and C.
     """
 
     name: str
@@ -46,6 +57,11 @@ class ModelInfo:
     first_conv: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    file_options: FileOptions | None = None
+
+    def options_from_file(self, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, Any]:
+        """The builder options `state` and `metadata` decide ({} for archs of a fixed layout)."""
+        return {} if self.file_options is None else self.file_options(state, metadata)
 
     def build(self, num_classes: int | None = None, channels: int | None = None, **options: Any) -> nn.Module:
         """A freshly initialised model; None takes the arch's default. Unknown `options` raise."""
@@ -87,6 +103,7 @@ def register_model(
     first_conv: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    file_options: FileOptions | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers ``builder(*, num_classes, channels, ...) -> nn.Module`` as ``name``."""
     if (mean is None) != (std is None):
@@ -104,6 +121,7 @@ def register_model(
             first_conv=first_conv,
             mean=None if mean is None else tuple(float(v) for v in mean),
             std=None if std is None else tuple(float(v) for v in std),
+            file_options=file_options,
         ))
         return builder
 
@@ -141,6 +159,7 @@ def _positive_int(value: object, name: str) -> int:
 # Architecture modules register themselves on import; loading uses the registry.
 from smoothinv.models import (  # noqa: E402,F401
     alexnet,
+    clip,
     plain_cnn,
     preact_resnet,
     resnet,
@@ -157,6 +176,7 @@ from smoothinv.models.loading import (  # noqa: E402
 )
 
 __all__ = [
+    "FileOptions",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LoadedModel",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -193,7 +193,7 @@ def load_model(
     contents = _read_contents(path, given, trust_code)
     info = _arch_info(contents.hints, given, path)
     if contents.state is not None:
-        module, hints = _build_from_state(contents.state, info, contents.hints, path)
+        module, hints = _build_from_state(contents.state, info, contents.hints, path, contents.metadata)
     else:
         assert contents.module is not None
         module, hints = contents.module, contents.hints.or_else(_arch_shape(info))
@@ -218,6 +218,7 @@ class _Contents:
     hints: Hints
     module: nn.Module | None = None
     state: dict[str, torch.Tensor] | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 def _given_hints(arch: str | None, num_classes: int | None, input_size: tuple[int, int] | None,
@@ -238,7 +239,8 @@ def _read_contents(path: Path, given: Hints, trust_code: bool) -> _Contents:
     kind = detect_format(path)
     if kind == SAFETENSORS:
         state, raw_metadata = read_safetensors(path)
-        return _Contents(SAFETENSORS, given.or_else(_parse_metadata(raw_metadata, path, given)), state=state)
+        return _Contents(SAFETENSORS, given.or_else(_parse_metadata(raw_metadata, path, given)), state=state,
+                         metadata=raw_metadata)
     if kind == ONNX:
         module, declared = _read_onnx(path, given)
         return _Contents(ONNX, given.or_else(declared), module=module)
@@ -270,10 +272,11 @@ def _arch_shape(info: ModelInfo | None) -> Hints:
 
 
 def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, hints: Hints,
-                      path: Path) -> tuple[nn.Module, Hints]:
+                      path: Path, metadata: Mapping[str, str]) -> tuple[nn.Module, Hints]:
     """The architecture built to the shapes of `state` and loaded with it, and `hints` completed:
     classes from the head, channels from the first conv, then the arch's defaults (mean/std
-    included, when neither is set)."""
+    included, when neither is set). Archs whose layout the file decides read their builder
+    options from `state` and the file's `metadata` (``ModelInfo.file_options``)."""
     if info is None:
         raise SmoothInvError(
             f"{path.name} holds a state_dict, which needs {param('arch')}=NAME; known: "
@@ -287,7 +290,7 @@ def _build_from_state(state: dict[str, torch.Tensor], info: ModelInfo | None, hi
         infer_channels(state, info.first_conv, hints.channels or info.channels),
         f"the number of input channels in {path.name}",
     )
-    module = info.build(num_classes, channels)
+    module = info.build(num_classes, channels, **info.options_from_file(state, metadata))
     load_state(module, state, info.name, path)
     hints = replace(hints, num_classes=num_classes, channels=hints.channels or channels)
     return module, _default_stats(hints.or_else(_arch_shape(info)), info)

@@ -9,9 +9,10 @@ files a scan writes and a repair reads, `run` the split-measure-repair-measure p
 """
 
 from .methods import REPAIRS, FineTuneRecipe, Findings, Repair, Repaired, build_repair
+from .invertune import InverTune  # registers "invertune"
 from .recovered import RecoveredTrigger, load_perturbation, load_recovered, save_recovered
 from .run import HOLDOUT, Measurement, Probe, RepairResult, Split, measure, repair_model
 
-__all__ = ["REPAIRS", "HOLDOUT", "FineTuneRecipe", "Findings", "Measurement", "Probe", "Repair", "Repaired",
+__all__ = ["REPAIRS", "HOLDOUT", "FineTuneRecipe", "Findings", "InverTune", "Measurement", "Probe", "Repair", "Repaired",
            "RecoveredTrigger", "RepairResult", "Split", "build_repair", "load_perturbation", "load_recovered",
            "measure", "repair_model", "save_recovered"]

@@ -90,6 +90,8 @@ class Repair(ABC):
     """A repair method; subclasses set `name` and may override `_prepare` and `_objective`."""
 
     name: ClassVar[str]
+    finds_own_target: ClassVar[bool] = False
+    """True for a method that identifies the target class itself (InverTune): it needs no scan."""
 
     def __init__(self, recipe: FineTuneRecipe | None = None) -> None:
         self.recipe = recipe or FineTuneRecipe()

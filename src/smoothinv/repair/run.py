@@ -16,7 +16,7 @@ from ..engine.metrics import accuracy, attack_success_rate
 from ..errors import SmoothInvError
 from ..labels import eligible
 from ..triggers import Trigger
-from .methods import FineTuneRecipe, Findings, Progress, Repaired, build_repair
+from .methods import REPAIRS, FineTuneRecipe, Findings, Progress, Repaired, build_repair
 
 HOLDOUT = 0.2
 """Share of the user's clean set kept out of fine-tuning to measure the repair on."""
@@ -111,7 +111,7 @@ def repair_model(model: nn.Module, images: Tensor, labels: Tensor, findings: Fin
     """Repair `model` with `method` (methods.REPAIRS) on part of the clean images [N,C,H,W] in [0,1]
     (labels [N]) and measure it on the rest, before and after: clean accuracy, the recovered
     triggers' ASR, and any extra `probes` (a zoo model's true trigger)."""
-    if not findings.targets:
+    if not findings.targets and not REPAIRS.get(method).finds_own_target:
         raise SmoothInvError("no target class to repair: the scan flagged none (the model was judged clean)")
     repair = build_repair(method, findings, recipe)
     split = Split.of(len(labels), holdout, seed)
