@@ -8,9 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
 
 from ..errors import SmoothInvError
 
@@ -29,6 +26,8 @@ class TrojanClassifier:
 
     @staticmethod
     def fit(features: np.ndarray, labels: np.ndarray) -> "TrojanClassifier":
+        from sklearn.linear_model import LogisticRegression  # scikit-learn loads slowly: not at CLI start
+
         model = LogisticRegression(class_weight="balanced", C=1.0, random_state=0).fit(features, labels)
         return TrojanClassifier(tuple(float(c) for c in model.coef_[0]), float(model.intercept_[0]))
 
@@ -55,6 +54,9 @@ class TrojanClassifier:
 
 def cross_validated(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
     """Mean and per-fold ROC-AUC and cross-entropy (nats) of the classifier over stratified folds."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     aucs, ces = [], []
     for train, test in splitter.split(features, labels):
