@@ -15,8 +15,9 @@ from ..files import sha256_file
 from ..engine.logits import CheckedModel
 from ..engine.precision import PRECISIONS
 from ..models import LoadedModel, load_model, probe_model
+from ..models.loading import probe_channels
 from ..models.loading import check_input_size
-from ..models.timeout import PROBE_TIMEOUT_S, ModelTimeout
+from ..models.timeout import PROBE_TIMEOUT_S
 from .params import BOUNDS
 
 
@@ -120,7 +121,7 @@ def load_subject(opts: dict[str, Any], fallback_size: tuple[int, int] | None = N
         classes = probe_model(loaded.module, channels=channels, input_size=probe_size, device=device,
                               timeout=opts["probe_timeout"])
     else:
-        channels, classes = _probe_channels(loaded, probe_size, device, opts["probe_timeout"])
+        channels, classes = probe_channels(loaded.module, probe_size, device, opts["probe_timeout"])
     if loaded.num_classes is not None and loaded.num_classes != classes:
         raise SmoothInvError(f"model returns {classes} scores but --num-classes is {loaded.num_classes}")
     return Subject(loaded, Path(opts["model_path"]), _sha256(opts["model_path"]), channels, size, classes, device)
@@ -141,20 +142,6 @@ def _check_fallback_size(size: tuple[int, int]) -> None:
     except SmoothInvError as exc:
         raise SmoothInvError(f"{exc}; pass --input-size H,W to resize the inputs") from None
 
-
-def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str, timeout: float) -> tuple[int, int]:
-    """Models without metadata: try RGB, then gray."""
-    first_error: SmoothInvError | None = None
-    for channels in (3, 1):
-        try:
-            return channels, probe_model(loaded.module, channels=channels, input_size=size, device=device,
-                                         timeout=timeout)
-        except ModelTimeout:
-            raise
-        except SmoothInvError as e:
-            first_error = first_error or e
-    assert first_error is not None
-    raise first_error
 
 
 def _sha256(path: Path) -> str:

@@ -38,7 +38,7 @@ from smoothinv.models.formats import (
     read_torchscript,
 )
 from smoothinv.models.messages import one_line
-from smoothinv.models.timeout import PROBE_TIMEOUT_S, call_with_timeout
+from smoothinv.models.timeout import PROBE_TIMEOUT_S, ModelTimeout, call_with_timeout
 from smoothinv.models.state_dicts import (
     arch_hint,
     as_state_dict,
@@ -434,6 +434,22 @@ def probe_model(
 
 
 # ----------------------------------------------------------------------------- metadata
+
+
+def probe_channels(module: nn.Module, size: tuple[int, int], device: str | torch.device = "cpu",
+                   timeout: float | None = PROBE_TIMEOUT_S) -> tuple[int, int]:
+    """(channels, classes) of a model whose file does not say its channels: RGB, else grey.
+    The first error is raised if neither runs; a timeout is raised at once."""
+    first_error: SmoothInvError | None = None
+    for channels in (3, 1):
+        try:
+            return channels, probe_model(module, channels=channels, input_size=size, device=device, timeout=timeout)
+        except ModelTimeout:
+            raise
+        except SmoothInvError as e:
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
 
 
 def _parse_metadata(raw: Mapping[str, str], path: Path, given: Hints) -> Hints:

@@ -16,8 +16,9 @@ import torch
 from ..engine.logits import CheckedModel
 from ..errors import SmoothInvError, param
 from ..models import LoadedModel, load_model, probe_model
+from ..models.loading import probe_channels
 from ..models.loading import check_input_size
-from ..models.timeout import PROBE_TIMEOUT_S, ModelTimeout
+from ..models.timeout import PROBE_TIMEOUT_S
 from .entries import LoadingHints
 
 
@@ -85,23 +86,9 @@ def open_model(path: Path, hints: LoadingHints, loading: Loading, sha256: str,
         classes = probe_model(loaded.module, channels=channels, input_size=probe_size, device=device,
                               timeout=loading.probe_timeout)
     else:
-        channels, classes = _probe_channels(loaded, probe_size, device, loading.probe_timeout)
+        channels, classes = probe_channels(loaded.module, probe_size, device, loading.probe_timeout)
     if loaded.num_classes is not None and loaded.num_classes != classes:
         raise SmoothInvError(f"model returns {classes} scores but {param('num_classes')} is {loaded.num_classes}")
     return OpenedModel(loaded, path, sha256, channels, size, classes, device)
 
 
-def _probe_channels(loaded: LoadedModel, size: tuple[int, int], device: str,
-                    timeout: float | None) -> tuple[int, int]:
-    """Models without metadata: try RGB, then gray."""
-    first_error: SmoothInvError | None = None
-    for channels in (3, 1):
-        try:
-            return channels, probe_model(loaded.module, channels=channels, input_size=size, device=device,
-                                         timeout=timeout)
-        except ModelTimeout:
-            raise
-        except SmoothInvError as e:
-            first_error = first_error or e
-    assert first_error is not None
-    raise first_error
