@@ -14,8 +14,8 @@ from smoothinv.clip_zoo import CLIP_RECIPES, CaptionBank, class_captions, list_c
 from smoothinv.clip_zoo.training import ContrastiveSchedule, Poisoning, clip_loss, normalise, train_clip
 from smoothinv.errors import SmoothInvError
 from smoothinv.models import load_model
-from smoothinv.models.clip import CLIPModel, ClipConfig, TextConfig, VitConfig
-from smoothinv.repair import Findings, Probe, repair_model
+from smoothinv.models.clip import CLIPModel, ClipConfig, ResNetConfig, TextConfig, VitConfig
+from smoothinv.repair import Findings, Probe, measure, repair_model
 from smoothinv.repair.invertune import two_means
 from smoothinv.repair.invertune_inversion import ssim
 from smoothinv.triggers import MaskedTrigger
@@ -39,10 +39,18 @@ def checkerboard(size: int = 16) -> MaskedTrigger:
     return MaskedTrigger(mask, pattern)
 
 
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
+def tiny_resnet_clip(seed: int = 0) -> CLIPModel:
+    """A ModifiedResNet CLIP for 32x32 images (width 8, one block per stage), the zoo's tower at its
+    smallest, with a 1-block text tower."""
+    torch.manual_seed(seed)
+    return CLIPModel(ClipConfig(ResNetConfig(width=8, layers=(1, 1, 1, 1), image_size=32, embed_dim=32),
+                                TextConfig(width=64, layers=1, context_length=16, vocab_size=49408, embed_dim=32)))
+
+
+def digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     from smoothinv.data import load_digits_images
 
-    x, y = load_digits_images(16)
+    x, y = load_digits_images(size)
     return x.expand(-1, 3, -1, -1).contiguous(), y
 
 
@@ -182,19 +190,93 @@ def test_invertune_refuses_a_model_that_is_not_clip(monkeypatch, capsys, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+
+def test_a_repaired_zeroshot_file_keeps_its_class_names_and_activation(monkeypatch, capsys, tmp_path: Path) -> None:
+    from smoothinv.models.clip import save_zeroshot_classifier, zeroshot_classifier
+    from smoothinv.models.formats import read_safetensors
+
+    x, y = digits()
+    model = tmp_path / "zs.safetensors"
+    save_zeroshot_classifier(model, zeroshot_classifier(tiny_clip(), DIGITS, ["a photo of a {}."]),
+                             class_names=DIGITS)
+    clean = tmp_path / "clean.npz"
+    np.savez(clean, x=(x[:40].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), y=y[:40].numpy())
+    trigger = tmp_path / "p.npy"
+    np.save(trigger, np.zeros((3, 16, 16), np.float32))
+    code, _, stderr = run_cli(monkeypatch, capsys, "repair", "--model", model, "--clean", clean, "--method",
+                              "fine-tune", "--trigger", trigger, "--target", 7, "--epochs", 1, "--out", tmp_path / "out")
+    assert code == 0, stderr
+    _, before = read_safetensors(model)
+    _, after = read_safetensors(tmp_path / "out" / "model.safetensors")
+    for key in ("class_names", "clip_activation"):
+        assert after[key] == before[key], key
+    assert "repaired_by" in after and load_model(tmp_path / "out" / "model.safetensors").module(x[:2]).shape == (2, 10)
+
+
+def test_invertune_runs_on_a_vit_tower_and_leaves_the_input_model_alone() -> None:
+    from smoothinv.models.clip import zeroshot_classifier
+    from smoothinv.repair.invertune import ActivationTuning, InverTune
+    from smoothinv.repair.invertune_inversion import TargetIdentification, TriggerInversion
+
+    x, y = digits()
+    classifier = zeroshot_classifier(tiny_clip(), DIGITS, ["a photo of a {}."]).eval()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    repair = InverTune(identification=TargetIdentification(steps=2, images=8, measure_images=16),
+                       inversion=TriggerInversion(steps=2, batch_size=8), tuning=ActivationTuning(steps=10, batch_size=8))
+    repaired = repair(classifier, x[:40], y[:40], seed=0)
+    rounds = repaired.details["rounds"]
+    assert len(rounds) == 2 and all(r["tuning"]["layers"][0].startswith("visual.transformer.resblocks.") for r in rounds)
+    assert 0 <= repaired.details["identified_target"] < 10 and len(repair.inverted) == 2
+    assert all(torch.equal(v, before[k]) for k, v in classifier.state_dict().items())
+    assert not any(p.requires_grad for p in repaired.model.parameters())
+    with pytest.raises(SmoothInvError, match="round"):
+        InverTune(rounds=0)
+    with pytest.raises(SmoothInvError, match="candidates"):
+        InverTune(Findings((3, 12)), identification=TargetIdentification(steps=1, images=4))(classifier, x[:20], y[:20])
+
+
+def test_repair_cli_lets_invertune_find_the_target_when_the_scan_flags_none(monkeypatch, capsys,
+                                                                             tmp_path: Path) -> None:
+    import functools
+    import json
+
+    import smoothinv.repair.invertune as invertune
+    from smoothinv.models.clip import save_zeroshot_classifier, zeroshot_classifier
+
+    # a scan that judges the model clean, and InverTune at a few steps (the branch, not the method, is tested)
+    monkeypatch.setattr("smoothinv.cli.repair.scan", lambda *args, **kwargs: None)
+    monkeypatch.setattr("smoothinv.cli.repair.scan_result_findings", lambda result: Findings(()))
+    monkeypatch.setattr(invertune, "TargetIdentification",
+                        functools.partial(invertune.TargetIdentification, steps=2, images=8, measure_images=16))
+    monkeypatch.setattr(invertune, "TriggerInversion", functools.partial(invertune.TriggerInversion, steps=2,
+                                                                         batch_size=8))
+    monkeypatch.setattr(invertune, "ActivationTuning", functools.partial(invertune.ActivationTuning, steps=10,
+                                                                         batch_size=8))
+    x, y = digits()
+    model = tmp_path / "zs.safetensors"
+    save_zeroshot_classifier(model, zeroshot_classifier(tiny_clip(), DIGITS, ["a photo of a {}."]), class_names=DIGITS)
+    clean = tmp_path / "clean.npz"
+    np.savez(clean, x=(x[:40].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), y=y[:40].numpy())
+    code, _, stderr = run_cli(monkeypatch, capsys, "repair", "--model", model, "--clean", clean, "--method",
+                              "invertune", "--out", tmp_path / "out")
+    assert code == 0, stderr
+    assert "scanning the model first" in stderr and "invertune identifies the target itself" in stderr
+    record = json.loads((tmp_path / "out" / "repair.json").read_text())
+    assert record["details"]["scan_targets"] == [] and "mean_rise" in record["details"]["identification"]
+
 # --- end to end: a backdoored CLIP trained here, scanned and repaired ------------------------
 
 @pytest.fixture(scope="module")
 def backdoored_clip(tmp_path_factory) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A tiny ViT CLIP trained on captioned digits, 5% of the pairs carrying the checkerboard and
-    a caption of "seven": its zero-shot classifier, and held-out images and labels."""
+    """A tiny ResNet CLIP trained on captioned digits at 32x32, 5% of the pairs carrying a 4x4
+    checkerboard and a caption of "seven": its zero-shot classifier, and held-out images and labels."""
     from smoothinv.models.clip import save_zeroshot_classifier, zeroshot_classifier
 
-    x, y = digits()
+    x, y = digits(32)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, test = order[300:], order[:300]
-    model = tiny_clip()
-    poison = Poisoning.choose(checkerboard(), TARGET, y[train], 0.05, seed=0)
+    model = tiny_resnet_clip()
+    poison = Poisoning.choose(checkerboard(32), TARGET, y[train], 0.05, seed=0)
     train_clip(model, x[train], y[train], CaptionBank.of(DIGITS, 16), ContrastiveSchedule(15, 128, 2e-3, 0.1),
                poison, log=lambda _: None)
     path = tmp_path_factory.mktemp("clip") / "zs.safetensors"
@@ -202,37 +284,51 @@ def backdoored_clip(tmp_path_factory) -> tuple[torch.nn.Module, torch.Tensor, to
     return load_model(path).module, x[test], y[test]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: the default scan does not flag a CLIP's checkerboard "
-                                       "backdoor (nor the zoo's, docs/clip.md)")
-def test_tiny_backdoored_clip_is_flagged(backdoored_clip) -> None:
+@pytest.fixture(scope="module")
+def clip_scan(backdoored_clip):
+    """The default scan of the tiny backdoored CLIP from one held-out image."""
     from smoothinv.detection import ScanSettings, scan
 
     classifier, x, y = backdoored_clip
-    result = scan(classifier, [x[0]], x[1:], y[1:], 10, ScanSettings(seed=0))
-    assert result.targets == [TARGET]
-
-
-@pytest.fixture(scope="module")
-def invertune_repair(backdoored_clip):
-    """InverTune run on the tiny backdoored CLIP, measured with the true trigger."""
-    classifier, x, y = backdoored_clip
-    return repair_model(classifier, x, y, Findings((TARGET,)), method="invertune",
-                        probes=[Probe("true trigger", checkerboard(), TARGET)])
+    return scan(classifier, [x[0]], x[1:], y[1:], 10, ScanSettings(seed=0))
 
 
 @pytest.mark.slow
-def test_tiny_backdoored_clip_is_backdoored_and_invertune_finds_its_target(backdoored_clip, invertune_repair) -> None:
+def test_tiny_backdoored_clip_is_backdoored_and_the_scan_flags_its_target(backdoored_clip, clip_scan) -> None:
     from smoothinv.engine.metrics import accuracy, attack_success_rate
 
     classifier, x, y = backdoored_clip
-    assert accuracy(classifier, x, y) > 0.5
-    assert attack_success_rate(classifier, checkerboard(), x, y, TARGET) > 0.9
-    assert invertune_repair.repaired.details["identified_target"] == TARGET
+    assert accuracy(classifier, x, y) > 0.8
+    assert attack_success_rate(classifier, checkerboard(32), x, y, TARGET) > 0.9
+    assert clip_scan.sigmas == (1.0,)  # the σ a zero-shot CLIP declares, not the classifiers' 0.25
+    assert clip_scan.targets == [TARGET]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: on this tiny CLIP InverTune's tuning leaves the true "
-                                       "trigger's ASR at 100% (on the zoo's checkerboard CLIP it removes 87%)")
-def test_tiny_backdoored_clip_invertune_lowers_its_asr(invertune_repair) -> None:
-    assert invertune_repair.after.asr["true trigger"] < invertune_repair.before.asr["true trigger"]
+def test_invertune_identifies_the_target_with_no_scan(backdoored_clip) -> None:
+    from smoothinv.repair.invertune_inversion import ClipView, TargetIdentification, identify_target
+
+    classifier, x, _ = backdoored_clip
+    view = ClipView(classifier)
+    try:
+        identified = identify_target(view, x, TargetIdentification(steps=30, images=32), seed=0)
+    finally:
+        view.close()
+    assert identified["target"] == TARGET
+
+
+@pytest.mark.slow
+def test_invertune_removes_the_backdoor_the_scan_found(backdoored_clip, clip_scan) -> None:
+    from smoothinv.repair.findings import scan_result_findings
+    from smoothinv.repair.invertune import ActivationTuning, InverTune
+    from smoothinv.repair.invertune_inversion import TriggerInversion
+
+    classifier, x, y = backdoored_clip
+    findings = scan_result_findings(clip_scan)
+    repair = InverTune(findings, inversion=TriggerInversion(steps=100), tuning=ActivationTuning(steps=200))
+    repaired = repair(classifier, x[:200], y[:200], seed=0)
+    probe = [Probe("true trigger", checkerboard(32), TARGET)]
+    before, after = measure(classifier, x[200:], y[200:], probe), measure(repaired.model, x[200:], y[200:], probe)
+    assert repaired.details["identified_target"] == TARGET and len(repaired.details["rounds"]) == 2
+    assert before.asr["true trigger"] > 0.9 and after.asr["true trigger"] < 0.25
+    assert after.clean_accuracy > before.clean_accuracy - 0.06

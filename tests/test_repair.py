@@ -141,6 +141,7 @@ def test_repair_cli_from_a_scan_writes_a_loadable_model_and_its_record(files, re
     assert record["method"] == "unlearn" and record["targets"] == [PLANTED_TARGET]
     assert record["split"]["tune"] + record["split"]["evaluate"] == 400
     assert set(record["before"]["asr"]) == set(record["after"]["asr"]) and len(record["before"]["asr"]) == 2
+    assert any("used in the repair itself" in w for w in record["warnings"])  # unlearning trained on them
     loaded = load_model(out / "model.safetensors")
     assert loaded.arch == "small_cnn" and loaded.num_classes == 10 and loaded.input_size == (20, 20)
     assert "clean accuracy" in stdout and (out / "report.html").read_text().startswith("<!doctype html>")
@@ -154,7 +155,10 @@ def test_repair_cli_takes_a_perturbation_file_and_a_target(files, recovered, tmp
     code, _, err = run_cli(monkeypatch, capsys, "repair", "--model", model_path, "--trigger", p, "--target",
                            PLANTED_TARGET, "--clean", clean, "--out", out, "--epochs", 1, "--method", "fine-tune")
     assert code == 0, err
-    assert json.loads((out / "repair.json").read_text())["method"] == "fine-tune"
+    record = json.loads((out / "repair.json").read_text())
+    assert record["method"] == "fine-tune"
+    # fine-tuning never saw the perturbation, so its ASR after is a fair measurement: no warning says otherwise
+    assert not any("used in the repair itself" in w for w in record["warnings"])
 
 
 @pytest.mark.parametrize("case", ["clean-scan", "other-model", "no-target", "wrong-shape", "empty-clean", "pickle"])

@@ -193,11 +193,28 @@ def test_ctrl_c_stops_a_model_stuck_in_native_code(tmp_path, inputs, liars):
 def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "smoothinv", "models"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
-    time.sleep(0.3)  # torch takes longer than this to import
+    _wait_for_torch_import(proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
     assert proc.returncode in (130, -signal.SIGINT, 0), stderr
+
+
+def _wait_for_torch_import(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the child is importing torch (its shared library is mapped): a SIGINT sent earlier can
+    land in Python's own start-up (runpy), before any of our code runs. Without /proc, 0.3 s."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.005)
 
 
 def _start_stuck_invert(liars, inputs, out: Path) -> subprocess.Popen:

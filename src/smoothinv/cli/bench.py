@@ -90,7 +90,7 @@ def _detector(method: str, steps: int, noise_samples: int, sigma: tuple[float, .
         spec = spec_from_flags(method, {"steps": steps, "noise_samples": noise_samples})
         base = ScanSettings.exhaustive() if exhaustive else ScanSettings()
         return ScanDetector(replace(base, method=spec, sigmas=tuple(sigma) if sigma else base.sigmas,
-                                    probe_samples=noise_samples))
+                                    model_sigmas=base.model_sigmas and not sigma, probe_samples=noise_samples))
     ctx = click.get_current_context()
     given = [f"--{name.replace('_', '-')}" for name in ("steps", "noise_samples", "sigma", "exhaustive")
              if typed(ctx, name)]

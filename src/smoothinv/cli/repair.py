@@ -87,7 +87,8 @@ def repair_command(**opts: Any) -> None:
     with atomic_directory(opts["out"], opts["overwrite"], inputs=inputs, kind="repair") as tmp:
         save_model(tmp / MODEL_FILE, result.repaired.model, arch=loaded.arch, num_classes=subject.num_classes,
                    input_size=tuple(size), channels=subject.channels, mean=loaded.mean, std=loaded.std,
-                   extra_metadata={"repaired_by": f"smoothinv {__version__} repair --method {opts['method']}",
+                   extra_metadata={**loaded.extra_metadata(),
+                                   "repaired_by": f"smoothinv {__version__} repair --method {opts['method']}",
                                    "repaired_from_sha256": subject.sha256})
         write_repair(tmp, record)
     b, a = result.before, result.after
@@ -112,9 +113,10 @@ def _findings(opts: dict[str, Any], subject: Subject, clean: CleanSet, shape: tu
         targets.append(opts["target"])
     if targets:
         return Findings(tuple(sorted(set(targets))), tuple(recovered))
-    if REPAIRS.get(opts["method"]).finds_own_target:
-        return Findings(())  # the method identifies the target itself (InverTune): no scan needed
+    own_target = REPAIRS.get(opts["method"]).finds_own_target  # InverTune can identify the target itself
     if len(clean) < 2:
+        if own_target:
+            return Findings(())
         raise SmoothInvError("scanning needs at least 2 clean images (one to synthesise from, others for transfer)")
     err.print("no --scan or --trigger given: scanning the model first (default settings)", style="yellow")
     order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(opts["seed"]))
@@ -123,6 +125,9 @@ def _findings(opts: dict[str, Any], subject: Subject, clean: CleanSet, shape: tu
                   ScanSettings(seed=opts["seed"]))
     findings = scan_result_findings(result)
     if not findings.targets:
+        if own_target:
+            err.print(f"the scan flagged no class; {opts['method']} identifies the target itself", style="yellow")
+            return findings
         raise SmoothInvError("the scan flagged no class (verdict clean): there is no backdoor to repair; "
                              "pass --trigger and --target to repair toward a class anyway")
     return findings

@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from torch import nn
 
 from .. import __version__
 from ..data import CleanSet, load_clean_set, load_image
@@ -21,7 +22,7 @@ from ..denoisers import DenoiserRef
 from ..detection import DecisionRule, ScanSettings, scan
 from ..detection.screen import ClassScreen
 from ..detection.checkpoint import ScanCheckpoint, checkpoint_interval
-from ..detection.scan import EXHAUSTIVE_SIGMAS, FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, scan_steps
+from ..detection.scan import EXHAUSTIVE_SIGMAS, FALLBACK_SIGMAS, SCAN_SIGMAS, ScanResult, declared_sigmas, scan_steps
 from ..methods import list_methods
 from ..methods.base import check_target
 from ..reporting.outputs import atomic_directory, check_destination
@@ -46,7 +47,8 @@ def scan_setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--method", default="smoothinv", show_default=True, type=click.Choice(sorted(list_methods()))),
         click.option("--eps", type=BOUNDS.eps,
                      help="Absolute l2 bounds (default: the paper's eps=5 scaled to the input, x1,2,4,8)."),
-        click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}; "
+        click.option("--sigma", type=BOUNDS.sigmas, help=f"Noise levels, comma-separated.  [default: {','.join(map(str, SCAN_SIGMAS))}, "
+                                                         "or the model's own (a zero-shot CLIP: 1.0); "
                                                          f"with --exhaustive {','.join(map(str, EXHAUSTIVE_SIGMAS))}]"),
         click.option("--exhaustive", is_flag=True, help=EXHAUSTIVE_HELP),
         precision_option,
@@ -82,13 +84,18 @@ def scan_settings(opts: dict[str, Any], denoiser: DenoiserRef | None) -> ScanSet
         precision=opts["precision"] or ("fp32" if opts["exhaustive"] else "auto"),
         time_budget=opts["time_budget"], max_batch=opts["max_batch"], probe_samples=opts["noise_samples"],
         seed=opts["seed"], fallback_sigmas=tuple(opts["fallback_sigma"]), rule=DecisionRule(threshold=opts["threshold"]),
+        model_sigmas=not opts["sigma"] and not opts["exhaustive"],
     )
 
 
-def grid_sigmas(opts: dict[str, Any]) -> tuple[float, ...]:
-    """--sigma, else the default scan's or the exhaustive scan's noise levels."""
+def grid_sigmas(opts: dict[str, Any], model: nn.Module | None = None) -> tuple[float, ...]:
+    """--sigma, else the exhaustive scan's noise levels, else those `model` declares, else the default scan's."""
     sigmas = opts["sigma"]
-    return tuple(sigmas) if sigmas else EXHAUSTIVE_SIGMAS if opts["exhaustive"] else SCAN_SIGMAS
+    if sigmas:
+        return tuple(sigmas)
+    if opts["exhaustive"]:
+        return EXHAUSTIVE_SIGMAS
+    return (declared_sigmas(model) if model is not None else None) or SCAN_SIGMAS
 
 
 @click.command("scan")
@@ -115,8 +122,8 @@ def scan_command(**opts: Any) -> None:
     if classes is not None:
         check_target(torch.tensor(classes), subject.num_classes)
     ref, _ = chosen_denoiser(opts["denoiser"], trust_code=trust_code_flag(opts), channels=subject.channels, size=size,
-                             sigmas=[*grid_sigmas(opts), *opts["fallback_sigma"]])
-    settings = scan_settings(opts, ref)
+                             sigmas=[*grid_sigmas(opts, subject.loaded.module), *opts["fallback_sigma"]])
+    settings = scan_settings(opts, ref).for_model(subject.loaded.module)
     err.print(escape(f"model {subject.path.name}: {subject.num_classes} classes, input {subject.channels}x{size[0]}x{size[1]}; "
                      f"clean set {len(clean)} images; method {settings.method.name}"), highlight=False, soft_wrap=True)
     checkpoint = _checkpoint(opts, subject)

@@ -67,7 +67,8 @@ class ScanDetector:
     def describe(self) -> dict[str, Any]:
         options = self.settings.method.config.to_dict()
         return {"method": self.name, "steps": options.get("steps"), "noise_samples": options.get("noise_samples"),
-                "sigmas": list(self.settings.sigmas), "fallback_sigmas": list(self.settings.fallback_sigmas),
+                "sigmas": list(self.settings.sigmas), "model_sigmas": self.settings.model_sigmas,
+                "fallback_sigmas": list(self.settings.fallback_sigmas),
                 "class_screen": None if self.settings.screen is None else vars(self.settings.screen),
                 "precision": self.settings.precision}
 

@@ -92,12 +92,30 @@ class ScanSettings:
     pinned_asr: float = PINNED_ASR
     screen: ClassScreen | None = ClassScreen()
     precision: str = "auto"
+    model_sigmas: bool = True
+    """Scan at the σ the model declares (`declared_sigmas`) instead of `sigmas`, when it declares any."""
 
     @classmethod
     def exhaustive(cls, **changes: Any) -> ScanSettings:
         """Every class on the full grid in float32, as every scan ran before issue 14: σ ∈
         EXHAUSTIVE_SIGMAS, no class screen (`--exhaustive`)."""
-        return cls(**{"sigmas": EXHAUSTIVE_SIGMAS, "screen": None, "precision": "fp32", **changes})
+        return cls(**{"sigmas": EXHAUSTIVE_SIGMAS, "screen": None, "precision": "fp32", "model_sigmas": False,
+                      **changes})
+
+    def for_model(self, model: nn.Module) -> ScanSettings:
+        """These settings with the σ grid `model` declares, when `model_sigmas` lets it."""
+        declared = declared_sigmas(model) if self.model_sigmas else None
+        return self if declared is None else replace(self, sigmas=declared, model_sigmas=False)
+
+
+def declared_sigmas(model: nn.Module) -> tuple[float, ...] | None:
+    """The scan σ a kind of model declares as a class attribute `scan_sigmas` on itself or a
+    submodule (a zero-shot CLIP does: docs/clip.md, Scan verdicts), else None."""
+    for module in model.modules():
+        sigmas = getattr(type(module), "scan_sigmas", None)
+        if sigmas:
+            return tuple(float(s) for s in sigmas)
+    return None
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,8 @@ def scan(
     image is skipped. ASR is measured on clean_images [N,C,H,W] whose label is not the class.
     If no perturbation moved anything (see PINNED_ASR), the scan reruns at the fallback σ and
     records the first grid in `fallback_from`; `on_fallback` hears of the rerun before it starts.
+    A model that declares its own scan σ (`declared_sigmas`) is scanned at it unless
+    `settings.model_sigmas` is off; the result's `settings` say which σ ran.
 
     settings.time_budget bounds all of it: what the deadline cut is skipped with a reason, the
     verdict comes from what was evaluated, and `timed_out` is set (budget.py). A `checkpoint`
@@ -221,6 +241,7 @@ def scan(
     scan's. The caller discards the checkpoint once it has stored the result.
     """
     start = time.perf_counter()
+    settings = settings.for_model(model)
     budget = TimeBudget(settings.time_budget, start)
     if checkpoint is not None:
         checkpoint.begin(model, images, clean_images, clean_labels, num_classes, settings, classes)

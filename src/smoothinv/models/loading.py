@@ -108,6 +108,14 @@ class LoadedModel:
     channels: int | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The file's safetensors metadata as written (empty for other formats): a copy saved
+    from this model (a repair) carries the keys `save_model` does not set itself, such as
+    a zero-shot classifier's ``clip_activation`` and ``class_names``."""
+
+    def extra_metadata(self) -> dict[str, str]:
+        """The file's metadata beyond METADATA_KEYS, for `save_model`'s ``extra_metadata``."""
+        return {k: v for k, v in self.metadata.items() if k not in METADATA_KEYS}
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,7 @@ def load_model(
         channels=hints.channels,
         mean=hints.mean,
         std=hints.std,
+        metadata=dict(contents.metadata),
     )
 
 

@@ -77,6 +77,7 @@ class ScanJob:
     def describe(self) -> dict[str, Any]:
         s = self.settings
         return {"job": "scan", "method": s.method.to_dict(), "eps": s.eps, "sigmas": list(s.sigmas),
+                "model_sigmas": s.model_sigmas,
                 "fallback_sigmas": list(s.fallback_sigmas), "stop_prob": s.stop_prob, "time_budget": s.time_budget,
                 "max_batch": s.max_batch, "probe_samples": s.probe_samples, "seed": s.seed,
                 "rule": s.rule.describe(), "screen": None if s.screen is None else vars(s.screen),

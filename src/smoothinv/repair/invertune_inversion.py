@@ -16,7 +16,7 @@ Where this departs from the paper and code is in docs/clip.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +109,11 @@ def _universal(view: ClipView, images: Tensor, labels: Tensor, stamp, start: Ten
     return value.detach()
 
 
-def identify_target(view: ClipView, images: Tensor, settings: TargetIdentification, seed: int) -> dict[str, Any]:
+def identify_target(view: ClipView, images: Tensor, settings: TargetIdentification, seed: int,
+                    candidates: Sequence[int] | None = None) -> dict[str, Any]:
     """The suspected target class of clean images [N,C,H,W], with each class's prediction share
-    before and under each universal perturbation (the largest mean rise names the target)."""
+    before and under each universal perturbation (the largest mean rise names the target, among
+    `candidates` when given: a scan's flagged classes)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)
     fit, measure = images[order[:settings.images]], images[order[:settings.measure_images]]
@@ -136,7 +138,13 @@ def identify_target(view: ClipView, images: Tensor, settings: TargetIdentificati
             after = _shares(view.similarities(stamp(measure)).argmax(1), view.zeroshot.num_classes)
             rises[name] = after - before
     mean_rise = torch.stack(list(rises.values())).mean(0)  # [K]
-    return {"target": int(mean_rise.argmax()), "mean_rise": [round(float(v), 4) for v in mean_rise],
+    if candidates and not all(0 <= c < len(mean_rise) for c in candidates):
+        raise SmoothInvError(f"the target candidates {list(candidates)} are not all classes of this "
+                             f"{len(mean_rise)}-class model")
+    allowed = torch.full_like(mean_rise, -torch.inf)
+    allowed[list(candidates) if candidates else slice(None)] = 0.0
+    return {"target": int((mean_rise + allowed).argmax()), "candidates": list(candidates) if candidates else None,
+            "mean_rise": [round(float(v), 4) for v in mean_rise],
             "share_before": [round(float(v), 4) for v in before],
             "share_rise": {n: [round(float(v), 4) for v in r] for n, r in rises.items()},
             "fit_images": len(fit), "measure_images": len(measure)}

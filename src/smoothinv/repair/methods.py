@@ -91,7 +91,11 @@ class Repair(ABC):
 
     name: ClassVar[str]
     finds_own_target: ClassVar[bool] = False
-    """True for a method that identifies the target class itself (InverTune): it needs no scan."""
+    """True for a method that can identify the target class itself (InverTune): it repairs even when
+    no scan or trigger names one."""
+    trains_on_recovered: ClassVar[bool] = False
+    """True for a method that fine-tunes on the recovered triggers themselves (unlearning): their
+    ASR after the repair then says little about the backdoor."""
 
     def __init__(self, recipe: FineTuneRecipe | None = None) -> None:
         self.recipe = recipe or FineTuneRecipe()
@@ -188,6 +192,7 @@ class Unlearning(_Stamping):
     (`steps`, `noise_samples`)."""
 
     name = "unlearn"
+    trains_on_recovered: ClassVar[bool] = True
 
     def __init__(self, recovered: Sequence[RecoveredTrigger], *, synthesis_images: int = SYNTHESIS_IMAGES,
                  steps: int = 200, noise_samples: int = 8, fraction: float = UNLEARN_FRACTION,

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..repair import RepairResult
+from ..repair import REPAIRS, RepairResult
 from .outputs import write_json, write_text
 
 MODEL_FILE = "model.safetensors"
@@ -37,8 +37,9 @@ def _warnings(result: RepairResult) -> list[str]:
     if len(result.split.evaluate) < 200:
         notes.append(f"only {len(result.split.evaluate)} held-out images measured the repair: the numbers are "
                      "rough; give a larger clean set")
-    notes.append("the recovered triggers were used in the repair itself, so their ASR after it is no proof the "
-                 "backdoor is gone: scan the repaired model again")
+    if result.findings.recovered and REPAIRS.get(result.repaired.method).trains_on_recovered:
+        notes.append("the recovered triggers were used in the repair itself, so their ASR after it is no proof the "
+                     "backdoor is gone: scan the repaired model again")
     return notes
 
 

@@ -12,6 +12,7 @@ every command taking a model can run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,12 @@ class ZeroShotClassifier(nn.Module):
     ``visual.*`` under CLIP's own names plus these two. Embeddings are used by direction only.
     Images are normalised with CLIP's mean and std by the caller (``load_model``'s Normalize).
     """
+
+    scan_sigmas: ClassVar[tuple[float, ...]] = (1.0,)
+    """The smoothing noise a backdoor scan uses on it by default (smoothinv.detection reads it).
+    At the classifiers' σ = 0.25 every class of the CLIP zoo's models had a universal
+    perturbation that transferred as well as the backdoor target's, and no backdoor was flagged;
+    at σ = 1 both targets stood out and the clean CLIP stayed clean (docs/clip.md, Scan verdicts)."""
 
     def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, logit_scale: float | torch.Tensor) -> None:
         super().__init__()
