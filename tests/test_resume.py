@@ -363,7 +363,8 @@ def _traced(trace, call):
         sys.settrace(None)
 
 
-@pytest.mark.parametrize("where, cuts", [("smoothinv", "spread"), ("engine/pgd.py", "two whole steps")])
+@pytest.mark.parametrize("where, cuts", [("smoothinv", "spread"),
+                                         pytest.param("engine/pgd.py", "two whole steps", marks=pytest.mark.slow)])
 def test_ctrl_c_at_any_line_resumes_to_the_same_result(subject, tmp_path, where, cuts):
     """Interrupt the scan at many lines: spread over the whole scan (descent, stopper, evaluation,
     saving...) and at every line of the descent loop over two steps (where a step's state is
